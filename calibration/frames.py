@@ -1,0 +1,43 @@
+"""Calibration frames: chosen images through exactly the runtime's preprocessing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.readers import DatasetSpec, load_sample, validate
+from ..runtime.errors import EdgesegError
+from ..runtime.preprocess import resize_rgb
+from .select import CalibrationSet, class_histograms, content_hash, stratified_order
+
+MIN_CALIB_IMAGES = 8
+#: Largest relative difference between image and model aspect ratios before resizing distorts shapes.
+MAX_ASPECT_MISMATCH = 0.15
+
+
+def choose_calibration(
+    spec: DatasetSpec, num: int, classes: list[str], input_size: tuple[int, int]
+) -> tuple[CalibrationSet, list[np.ndarray]]:
+    """Up to `num` images of `spec` (all if fewer), rare classes first, and their model-size frames."""
+    if spec.classes != classes:
+        raise EdgesegError(
+            f"{spec.root}: calibration data classes {spec.classes} do not match the model's {classes}")
+    samples, _ = validate(spec, skip_bad=False)
+    if len(samples) < MIN_CALIB_IMAGES or num < MIN_CALIB_IMAGES:
+        raise EdgesegError(f"{spec.root}: too few calibration images ({min(len(samples), num)}; "
+                           f"at least {MIN_CALIB_IMAGES} needed)")
+    pairs = [load_sample(spec, s) for s in samples]
+    names = [str(s.image.relative_to(spec.root)) for s in samples]
+    hist = class_histograms([m for _, m in pairs], len(classes))
+    chosen = stratified_order(hist, names)[:num]
+    height, width = input_size
+    for i in chosen:
+        image = pairs[i][0]
+        aspect = (image.shape[1] / image.shape[0]) / (width / height)
+        if abs(aspect - 1.0) > MAX_ASPECT_MISMATCH:
+            raise EdgesegError(f"{samples[i].image}: size {image.shape[1]}x{image.shape[0]} does not match "
+                               f"the model input {width}x{height} (aspect ratio differs)")
+    files = [names[i] for i in chosen]
+    per_class = {c: int((hist[chosen, k] > 0).sum()) for k, c in enumerate(classes)}
+    calib = CalibrationSet(str(spec.root), files, content_hash(Path(spec.root), files), per_class)
+    return calib, [resize_rgb(pairs[i][0], height, width) for i in chosen]

@@ -1,0 +1,49 @@
+"""The `edgeseg` command: one Typer app; each command lives in its own module."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .. import __version__
+from ..runtime.errors import EdgesegError
+from . import commands
+
+app = typer.Typer(
+    help="edgeseg: train, quantize, compile and run real-time semantic segmentation at the edge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgeseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """edgeseg: train, quantize, compile and run real-time semantic segmentation at the edge."""
+
+
+commands.register(app)
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        app()
+    except EdgesegError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

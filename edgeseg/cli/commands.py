@@ -1,0 +1,18 @@
+"""Registers every command module on the app (heavy imports stay inside the commands)."""
+from __future__ import annotations
+
+import typer
+
+from .data_cmd import data_app
+from .eval_cmd import eval_command
+from .export_cmd import export
+from .info_cmd import info
+from .train_cmd import train
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+    app.command()(train)
+    app.command("eval")(eval_command)
+    app.command()(export)
+    app.command()(info)

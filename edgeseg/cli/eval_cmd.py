@@ -1,0 +1,79 @@
+"""`edgeseg eval`: Keras models, run folders and bundles, through one metric path."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..metrics import SegmentationScores
+from ..runtime.errors import EdgesegError
+from ..runtime.manifest import MANIFEST_NAME
+
+
+def _predictor(model: Path, artifact: Optional[str], threads: Optional[int]
+               ) -> tuple[Callable[[np.ndarray], np.ndarray], list[str], Callable[[], None]]:
+    """Label function, class names and a close function for a bundle, run folder or .keras file."""
+    if (model / MANIFEST_NAME).is_file():
+        from ..runtime.backends.base import load_runner
+
+        runner = load_runner(model, artifact, threads).activate()
+        return runner.predict, runner.manifest.classes, runner.deactivate
+    from ..rundir import BEST_MODEL, RunConfig, load_keras_model
+    from ..train import keras_label_fn
+
+    run_dir = model if model.is_dir() else model.parent
+    if not (run_dir / "config.json").is_file():
+        raise EdgesegError(f"{model}: not a bundle, a run folder or a .keras file inside a run folder")
+    cfg = RunConfig.load(run_dir)
+    keras_model = load_keras_model(model if model.is_file() else run_dir / BEST_MODEL)
+    return keras_label_fn(keras_model, cfg.input_size, cfg.mean, cfg.std), cfg.classes, lambda: None
+
+
+def print_scores(scores: SegmentationScores, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    for name, iou in scores.per_class_iou.items():
+        table.add_row(name, "-" if iou is None else f"{iou * 100:.2f}")
+    table.add_row("[b]mean IoU", f"[b]{scores.miou * 100:.2f}")
+    table.add_row("pixel accuracy", f"{scores.pixel_accuracy * 100:.2f}")
+    Console().print(table)
+
+
+def eval_command(
+    model: Path = typer.Argument(..., help="Bundle folder, run folder or .keras file."),
+    data: Path = typer.Option(..., "--data", help="Dataset root."),
+    split: str = typer.Option("val", "--split"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="camvid | pairs | voc (default: detect)."),
+    artifact: Optional[str] = typer.Option(None, "--artifact", help="Bundle artifact (default: the bundle's)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for bundle backends."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write miou, pixel_accuracy, per_class_iou."),
+) -> None:
+    """Mean IoU (ignore label excluded, one confusion matrix over the split), per-class IoU, pixel accuracy."""
+    from rich.progress import track
+
+    from ..data.readers import load_sample, open_dataset, validate
+    from ..evaluate import evaluate_arrays
+    from ..rundir import atomic_write_text
+
+    predict, classes, close = _predictor(model, artifact, threads)
+    try:
+        spec = open_dataset(data, split, data_format)
+        if spec.classes != classes:
+            raise EdgesegError(f"{data}: dataset classes {spec.classes} do not match the model's {classes}")
+        samples, _ = validate(spec, skip_bad=False)
+        pairs = (load_sample(spec, s) for s in track(samples, description="evaluating", transient=True))
+        scores = evaluate_arrays(predict, pairs, classes)
+    finally:
+        close()
+    print_scores(scores, f"{model} on {data} ({split})")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(scores.to_dict(), indent=2) + "\n")
+    typer.echo(f"mIoU {scores.miou * 100:.2f}, pixel accuracy {scores.pixel_accuracy * 100:.2f} "
+               f"on {scores.num_images} images")

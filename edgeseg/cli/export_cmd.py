@@ -1,0 +1,44 @@
+"""`edgeseg export`: a run to a deploy bundle."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..runtime.errors import EdgesegError
+
+
+def export(
+    run: Path = typer.Argument(..., help="Training run folder."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
+    target: str = typer.Option("cpu", "--target", help="cpu (TFLite/LiteRT) | jetson (ONNX/TensorRT)."),
+    precision: str = typer.Option("int8", "--precision", help="fp32 | fp16 | int8."),
+    output: str = typer.Option("logits", "--output", help="logits | labels (argmax inside the model)."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration data (default: training data)."),
+    num_calib: int = typer.Option(200, "--num-calib", help="Calibration images (all if fewer)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Evaluate float and INT8 on this data."),
+    eval_split: str = typer.Option("val", "--eval-split"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Fail if INT8 loses more mIoU points."),
+    debug_quant: bool = typer.Option(False, "--debug-quant", help="Per-layer quantization error report."),
+    float_layers: str = typer.Option("", "--float-layers", help="Comma-separated layers to keep in float."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for evaluation."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
+) -> None:
+    """Convert a trained run into a deploy bundle (model files + edgeseg.json), checked and evaluated."""
+    from ..export import ExportOptions, export_cpu
+
+    if target != "cpu":
+        raise EdgesegError(f"unknown target {target!r}; choose cpu or jetson")
+    opts = ExportOptions(precision=precision, output=output, calib_data=calib_data, num_calib=num_calib,
+                         eval_data=eval_data, eval_split=eval_split, max_drop=max_drop, debug_quant=debug_quant,
+                         float_layers=[s for s in float_layers.split(",") if s], force=force, threads=threads)
+    result = export_cpu(run, out, opts, log=typer.echo)
+    for err in result.quant_errors[:8]:
+        typer.echo(f"  quant error {err.rmse_over_scale:7.3f} steps RMSE  {err.op:<18} {err.tensor}")
+    comparison = result.manifest.evaluation.get("comparison")
+    summary = f"wrote {out} ({', '.join(result.manifest.artifacts)})"
+    if comparison:
+        summary += (f": float mIoU {comparison['float']['miou'] * 100:.2f}, INT8 "
+                    f"{comparison['int8']['miou'] * 100:.2f} (drop {comparison['drop_points']:.2f} points)")
+    typer.echo(summary)

@@ -1,0 +1,224 @@
+"""The compact FCN family (Keras functional API).
+
+Encoder: a strided stem and four downsampling stages of depthwise-separable residual blocks.
+Decoder: FCN-8s style. Features at stride 32 are upsampled by 2 with `Conv2DTranspose` and summed
+with projected stride-16 encoder features, again to stride 8, then a 1x1 classifier and a stride-8
+`Conv2DTranspose` (initialised bilinear) back to full resolution. No dense layers; only ops that
+quantize cleanly to full INT8 (Conv, DepthwiseConv, ConvTranspose, Add, ReLU, BN folded at export).
+
+Any input size: sizes not divisible by the stride are padded inside the model and the logits are
+cropped back. With a static size the padding is static (what export uses); with `None` it is computed.
+The model takes normalised float images, `(x - mean) / std`; export folds normalisation in front.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+STRIDE = 32
+
+
+@dataclass(frozen=True)
+class FCNConfig:
+    """Widths and depths of a compact FCN."""
+
+    stem: int
+    widths: tuple[int, int, int, int]  # stages at stride 4, 8, 16, 32
+    depths: tuple[int, int, int, int]  # residual blocks after each downsampling block
+    decoder: int
+
+
+COMPACT_MODELS = {
+    "fcn-tiny": FCNConfig(stem=16, widths=(24, 32, 64, 96), depths=(0, 1, 1, 1), decoder=32),
+    "fcn-small": FCNConfig(stem=16, widths=(32, 48, 96, 160), depths=(1, 2, 3, 2), decoder=64),
+}
+MODEL_NAMES = (*COMPACT_MODELS, "fcn8s")
+
+
+@keras.saving.register_keras_serializable(package="edgeseg")
+class PadToMultiple(layers.Layer):
+    """Pads H and W at the bottom/right up to a multiple of `multiple` (dynamic sizes)."""
+
+    def __init__(self, multiple: int = STRIDE, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple = multiple
+
+    def call(self, x):
+        shape = keras.ops.shape(x)
+        ph = (-shape[1]) % self.multiple
+        pw = (-shape[2]) % self.multiple
+        return keras.ops.pad(x, [[0, 0], [0, ph], [0, pw], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, None, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}
+
+
+@keras.saving.register_keras_serializable(package="edgeseg")
+class CropToReference(layers.Layer):
+    """Crops x to the spatial size of a reference tensor (undoes `PadToMultiple`)."""
+
+    def call(self, inputs):
+        x, ref = inputs
+        shape = keras.ops.shape(ref)
+        return x[:, : shape[1], : shape[2], :]
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
+def _conv_bn_relu(x, filters: int, kernel: int, stride: int, name: str):
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _separable(x, filters: int, stride: int, name: str, residual: bool):
+    """Depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN, identity sum when `residual`, then ReLU."""
+    y = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    y = layers.BatchNormalization(name=f"{name}_dw_bn")(y)
+    y = layers.ReLU(name=f"{name}_dw_relu")(y)
+    y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(y)
+    y = layers.BatchNormalization(name=f"{name}_pw_bn")(y)
+    if residual:
+        y = layers.Add(name=f"{name}_add")([x, y])
+    return layers.ReLU(name=f"{name}_relu")(y)
+
+
+def _compact_encoder(x, cfg: FCNConfig) -> list:
+    """Features at strides 8, 16 and 32."""
+    x = _conv_bn_relu(x, cfg.stem, 3, 2, "stem")
+    feats = []
+    for s, (width, depth) in enumerate(zip(cfg.widths, cfg.depths), start=1):
+        x = _separable(x, width, 2, f"enc{s}_down", residual=False)
+        for b in range(depth):
+            x = _separable(x, width, 1, f"enc{s}_block{b}", residual=True)
+        feats.append(x)
+    return feats[1:]
+
+
+def vgg16_encoder(x) -> tuple[list, list[layers.Layer]]:
+    """VGG16 conv blocks (no top): pool3, pool4, pool5 features and the encoder's layers."""
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_tensor=x)
+    names = ("block3_pool", "block4_pool", "block5_pool")
+    return [vgg.get_layer(n).output for n in names], vgg.layers[1:]
+
+
+def _bilinear_kernel(size: int, channels: int) -> np.ndarray:
+    """Conv2DTranspose kernel (size, size, out, in) that upsamples bilinearly, channel by channel."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = np.ogrid[:size, :size]
+    filt = (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+    kernel = np.zeros((size, size, channels, channels), np.float32)
+    for c in range(channels):
+        kernel[:, :, c, c] = filt
+    return kernel
+
+
+def _fcn8s_decoder(feats: list, num_classes: int, width: int):
+    """Stride-32 features up x2 + stride-16 skip, up x2 + stride-8 skip, classify, up x8."""
+    f8, f16, f32 = feats
+    x = _conv_bn_relu(f32, width, 1, 1, "dec32")
+    for stride, skip in ((16, f16), (8, f8)):
+        up = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False, name=f"dec{stride}_up")(x)
+        up = layers.BatchNormalization(name=f"dec{stride}_up_bn")(up)
+        proj = layers.Conv2D(width, 1, use_bias=False, name=f"dec{stride}_skip")(skip)
+        proj = layers.BatchNormalization(name=f"dec{stride}_skip_bn")(proj)
+        x = layers.Add(name=f"dec{stride}_add")([up, proj])
+        x = layers.ReLU(name=f"dec{stride}_relu")(x)
+    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
+    up8 = layers.Conv2DTranspose(num_classes, 16, strides=8, padding="same", use_bias=False, name="upsample8")
+    x = up8(x)
+    up8.set_weights([_bilinear_kernel(16, num_classes)])
+    return x
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    input_size: tuple[int | None, int | None] = (None, None),
+    backbone_weights: str | Path | None = None,
+    freeze_backbone: bool = False,
+) -> keras.Model:
+    """A compact FCN (`fcn-tiny`, `fcn-small`) or the VGG16 `fcn8s`, for normalised float input."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    height, width = input_size
+    inputs = keras.Input((height, width, 3), name="image")
+    static = height is not None and width is not None
+    if static:
+        pad_h, pad_w = (-height) % STRIDE, (-width) % STRIDE
+        x = layers.ZeroPadding2D(((0, pad_h), (0, pad_w)), name="pad")(inputs) if pad_h or pad_w else inputs
+    else:
+        x = PadToMultiple(STRIDE, name="pad")(inputs)
+    if name == "fcn8s":
+        feats, encoder_layers = vgg16_encoder(x)
+        if backbone_weights is not None:
+            load_backbone_weights(encoder_layers, Path(backbone_weights))
+        for layer in encoder_layers:
+            layer.trainable = not freeze_backbone
+        logits = _fcn8s_decoder(feats, num_classes, 256)
+    else:
+        cfg = COMPACT_MODELS[name]
+        logits = _fcn8s_decoder(_compact_encoder(x, cfg), num_classes, cfg.decoder)
+    if static:
+        logits = layers.Cropping2D(((0, pad_h), (0, pad_w)), name="crop")(logits) if pad_h or pad_w else logits
+    else:
+        logits = CropToReference(name="crop")([logits, inputs])
+    logits = layers.Activation("linear", dtype="float32", name="logits")(logits)
+    return keras.Model(inputs, logits, name=name.replace("-", "_"))
+
+
+def load_backbone_weights(encoder_layers: list[layers.Layer], path: Path) -> None:
+    """Load VGG16 conv weights from a local Keras weights file (`.weights.h5` of VGG16 without top)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: backbone weights file not found")
+    source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    try:
+        source.load_weights(str(path))
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not VGG16 (no top) weights ({exc})") from None
+    by_name = {layer.name: layer for layer in source.layers}
+    for layer in encoder_layers:
+        if layer.weights:
+            layer.set_weights(by_name[layer.name].get_weights())
+
+
+def rebuild(model: keras.Model, name: str, num_classes: int, input_size: tuple[int, int]) -> keras.Model:
+    """The same network at a static input size, with `model`'s weights (what export converts)."""
+    static = build_model(name, num_classes, input_size)
+    static.set_weights(model.get_weights())
+    return static
+
+
+def count_params(model: keras.Model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.weights))
+
+
+def count_macs(model: keras.Model) -> int:
+    """Multiply-accumulates of one forward pass (conv, depthwise and transposed conv layers)."""
+    total = 0
+    for layer in model.layers:
+        if not isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.Conv2DTranspose)):
+            continue
+        kh, kw = layer.kernel_size
+        out_h, out_w, out_c = layer.output.shape[1:4]
+        in_c = layer.input.shape[-1]
+        if out_h is None or out_w is None:
+            raise ValueError("count_macs needs a model built at a static input size")
+        if isinstance(layer, layers.DepthwiseConv2D):
+            total += out_h * out_w * out_c * kh * kw
+        elif isinstance(layer, layers.Conv2DTranspose):
+            in_h, in_w = layer.input.shape[1:3]
+            total += in_h * in_w * in_c * out_c * kh * kw
+        else:
+            total += out_h * out_w * out_c * in_c * kh * kw
+    return int(total)

@@ -1,0 +1,89 @@
+"""A training run folder: `config.json`, `model.keras` (best epoch), checkpoints, history, logs."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .runtime.errors import EdgesegError
+from .runtime.manifest import DEFAULT_MEAN, DEFAULT_STD
+
+CONFIG = "config.json"
+BEST_MODEL = "model.keras"
+STATE = "state.json"
+HISTORY = "history.csv"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class RunConfig:
+    """What a run was trained with, and everything export needs to know about the model."""
+
+    model: str
+    classes: list[str]
+    palette: list[list[int]]
+    input_size: tuple[int, int]
+    data: str
+    data_format: str
+    seed: int = 0
+    epochs: int = 30
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    class_weighting: str = "median_frequency"
+    mean: tuple[float, ...] = DEFAULT_MEAN
+    std: tuple[float, ...] = DEFAULT_STD
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def save(self, run_dir: Path) -> None:
+        atomic_write_text(Path(run_dir) / CONFIG, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunConfig:
+        path = Path(run_dir) / CONFIG
+        if not path.is_file():
+            raise EdgesegError(f"{run_dir}: not a training run (no {CONFIG})")
+        try:
+            data = json.loads(path.read_text())
+            data["input_size"] = tuple(data["input_size"])
+            data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+            return cls(**data)
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise EdgesegError(f"{path}: invalid run config ({exc})") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model, path: Path) -> None:
+    """`model.save` to a temporary `.keras` name beside `path`, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def load_keras_model(path: Path):
+    """Load a `.keras` model with edgeseg's custom layers registered; one-line error if unreadable."""
+    import keras
+
+    from . import deploy, model  # noqa: F401 - registers custom layers
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError) as exc:
+        raise EdgesegError(f"{path}: cannot load Keras model ({str(exc).splitlines()[0]})") from None

@@ -1,0 +1,161 @@
+"""Training: data checks, class weighting, per-epoch checkpoints, best-by-val-mIoU, exact resume."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .data.pipeline import class_weights, make_dataset
+from .data.readers import DatasetSpec, load_sample, open_dataset, validate
+from .evaluate import evaluate_arrays
+from .model import build_model
+from .rundir import (
+    BEST_MODEL, CHECKPOINTS, HISTORY, STATE, RunConfig, atomic_write_text, load_keras_model, save_model_atomic,
+)
+from .runtime.errors import EdgesegError
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_miou: float
+    epochs_run: int
+    seconds: float
+    skipped: int
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """`default`, `mirrored` (all local devices) or `multiworker` (machines from TF_CONFIG)."""
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    raise EdgesegError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def load_split(spec: DatasetSpec, skip_bad: bool) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """Every good sample of a split as (RGB, labels) arrays, and how many bad ones were skipped."""
+    samples, errors = validate(spec, skip_bad)
+    return [load_sample(spec, s) for s in samples], len(errors)
+
+
+def _compile(model: keras.Model, cfg: RunConfig, steps_per_epoch: int) -> None:
+    schedule = keras.optimizers.schedules.CosineDecay(
+        cfg.learning_rate, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+
+
+def _read_state(run_dir: Path) -> dict:
+    path = run_dir / STATE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _append_history(run_dir: Path, row: dict) -> None:
+    path = run_dir / HISTORY
+    rows = list(csv.DictReader(path.open())) if path.is_file() else []
+    rows = [r for r in rows if int(r["epoch"]) < row["epoch"]] + [row]
+    lines = [",".join(row.keys())] + [",".join(str(r[k]) for k in row) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume: bool = False,
+    skip_bad: bool = False,
+    strategy: str = "default",
+    backbone_weights: Path | None = None,
+    freeze_backbone: bool = False,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train `cfg.model` on `cfg.data` into `run_dir`; with `resume`, continue from the last checkpoint."""
+    run_dir = Path(run_dir)
+    state = _read_state(run_dir) if resume else {}
+    if not resume and (run_dir / BEST_MODEL).exists():
+        raise EdgesegError(f"{run_dir}: already holds a trained run (use --resume to continue it)")
+    if resume and not state:
+        raise EdgesegError(f"{run_dir}: nothing to resume (no {STATE})")
+    if resume:
+        cfg = RunConfig.load(run_dir)
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    train_spec = open_dataset(cfg.data, "train", cfg.data_format)
+    val_spec = open_dataset(cfg.data, "val", cfg.data_format)
+    train_arrays, bad_train = load_split(train_spec, skip_bad)
+    val_arrays, bad_val = load_split(val_spec, skip_bad)
+    weights = class_weights([m for _, m in train_arrays], cfg.num_classes, cfg.class_weighting)
+    steps = math.ceil(len(train_arrays) / cfg.batch_size)
+    cfg.save(run_dir)
+
+    start_epoch = state.get("epoch", -1) + 1
+    with make_strategy(strategy).scope():
+        if resume:
+            model = keras.saving.load_model(run_dir / CHECKPOINTS / f"epoch_{state['epoch']:03d}.keras")
+        else:
+            model = build_model(cfg.model, cfg.num_classes, (None, None), backbone_weights, freeze_backbone)
+            _compile(model, cfg, steps)
+    best = state.get("best_miou", -1.0)
+    best_epoch = state.get("best_epoch", -1)
+    tensorboard = keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        data = make_dataset(train_arrays, cfg.input_size, cfg.batch_size, training=True, seed=cfg.seed,
+                            epoch=epoch, weights=weights, mean=cfg.mean, std=cfg.std)
+        data = data.apply(tf.data.experimental.assert_cardinality(steps))
+        fit = model.fit(data, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[tensorboard])
+        scores = evaluate_arrays(
+            keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
+        row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6),
+               "val_miou": round(scores.miou, 6), "val_pixel_accuracy": round(scores.pixel_accuracy, 6)}
+        save_model_atomic(model, run_dir / CHECKPOINTS / f"epoch_{epoch:03d}.keras")
+        if scores.miou > best:
+            best, best_epoch = scores.miou, epoch
+            save_model_atomic(model, run_dir / BEST_MODEL)
+            atomic_write_text(run_dir / "val_scores.json", json.dumps(scores.to_dict(), indent=2) + "\n")
+        _append_history(run_dir, row)
+        atomic_write_text(run_dir / STATE, json.dumps(
+            {"epoch": epoch, "best_epoch": best_epoch, "best_miou": best}, indent=2) + "\n")
+        if on_epoch:
+            on_epoch(epoch, row)
+    return TrainResult(run_dir, best_epoch, best, cfg.epochs - start_epoch, time.perf_counter() - started,
+                       bad_train + bad_val)
+
+
+def keras_label_fn(model: keras.Model, input_size: tuple[int, int], mean, std) -> Callable[[np.ndarray], np.ndarray]:
+    """RGB uint8 frame -> label map at the frame's size, through the runtime's resize."""
+    from .runtime.preprocess import normalize, resize_labels, resize_rgb
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        return tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
+
+    def predict(rgb: np.ndarray) -> np.ndarray:
+        x = normalize(resize_rgb(rgb, *input_size), mean, std)[None]
+        labels = forward(tf.constant(x)).numpy()[0].astype(np.uint8)
+        return resize_labels(labels, rgb.shape[0], rgb.shape[1])
+
+    return predict
+
+
+def load_run_model(run_dir: Path) -> tuple[keras.Model, RunConfig]:
+    cfg = RunConfig.load(run_dir)
+    return load_keras_model(Path(run_dir) / BEST_MODEL), cfg
+

@@ -1,0 +1,181 @@
+"""The deploy bundle manifest (`edgeseg.json`): read, validate and write.
+
+A bundle is a folder holding one or more model artifacts plus this manifest. Every consumer
+reads the manifest; nothing guesses input size, layout, normalisation or classes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgesegError
+
+MANIFEST_NAME = "edgeseg.json"
+FORMAT_VERSION = 1
+IGNORE_INDEX = 255
+#: Default normalisation, in pixel units: x_norm = (x - mean) / std, giving [-1, 1].
+DEFAULT_MEAN = (127.5, 127.5, 127.5)
+DEFAULT_STD = (127.5, 127.5, 127.5)
+
+
+@dataclass
+class InputSpec:
+    """What a model artifact takes: RGB frames resized to height x width."""
+
+    height: int
+    width: int
+    layout: str = "NHWC"  # or "NCHW"
+    dtype: str = "uint8"  # "uint8" (raw pixels) or "float32"
+    batch: int = 1
+    mean: tuple[float, ...] = DEFAULT_MEAN
+    std: tuple[float, ...] = DEFAULT_STD
+    #: True when normalisation is inside the model (it takes raw 0..255 pixels, as uint8 or float32).
+    normalization_folded: bool = True
+
+
+@dataclass
+class OutputSpec:
+    """What a model artifact returns: class logits (argmax outside) or a label map."""
+
+    kind: str = "logits"  # "logits" or "labels"
+    dtype: str = "float32"  # "float32", "float16", "int8" or "uint8"
+    layout: str = "NHWC"  # logits layout; labels are always N x H x W
+
+
+@dataclass
+class Artifact:
+    """One model file in a bundle and how to run it."""
+
+    file: str
+    backend: str  # "litert", "onnxruntime", "tensorrt" or "keras"
+    precision: str  # "fp32", "fp16" or "int8"
+    input: InputSpec
+    output: OutputSpec
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    """Everything a consumer needs to run a bundle."""
+
+    classes: list[str]
+    palette: list[list[int]]
+    artifacts: dict[str, Artifact]
+    default: str
+    target: str = "cpu"
+    ignore_index: int = IGNORE_INDEX
+    model: dict[str, Any] = field(default_factory=dict)  # name, params, macs
+    calibration: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def artifact(self, name: str | None = None) -> Artifact:
+        key = name or self.default
+        if key not in self.artifacts:
+            raise EdgesegError(f"bundle has no artifact {key!r}; it has: {', '.join(self.artifacts)}")
+        return self.artifacts[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_NAME) -> Manifest:
+        try:
+            if data.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"unsupported format_version {data.get('format_version')!r}")
+            artifacts = {
+                name: Artifact(
+                    file=a["file"],
+                    backend=a["backend"],
+                    precision=a["precision"],
+                    input=InputSpec(**{**a["input"], "mean": tuple(a["input"]["mean"]),
+                                       "std": tuple(a["input"]["std"])}),
+                    output=OutputSpec(**a["output"]),
+                    extra=a.get("extra", {}),
+                )
+                for name, a in data["artifacts"].items()
+            }
+            fields = {k: v for k, v in data.items() if k != "artifacts"}
+            manifest = cls(artifacts=artifacts, **fields)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgesegError(f"{source}: invalid manifest ({exc})") from None
+        if manifest.default not in manifest.artifacts:
+            raise EdgesegError(f"{source}: invalid manifest (default artifact {manifest.default!r} missing)")
+        if len(manifest.palette) != len(manifest.classes):
+            raise EdgesegError(f"{source}: invalid manifest (palette and classes differ in length)")
+        return manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(bundle: str | os.PathLike[str], verify: bool = True) -> Manifest:
+    """Read and validate `bundle/edgeseg.json`; with `verify`, check every file's sha256."""
+    root = Path(bundle)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise EdgesegError(f"{root}: not a bundle folder")
+    if not path.is_file():
+        raise EdgesegError(f"{root}: not a bundle (no {MANIFEST_NAME})")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgesegError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(data, dict):
+        raise EdgesegError(f"{path}: invalid manifest (not a JSON object)")
+    manifest = Manifest.from_dict(data, source=str(path))
+    if verify:
+        for name, digest in manifest.files.items():
+            file = root / name
+            if not file.is_file():
+                raise EdgesegError(f"{file}: missing from bundle")
+            if sha256_file(file) != digest:
+                raise EdgesegError(f"{file}: checksum mismatch (file changed after the bundle was written)")
+    return manifest
+
+
+def write_bundle(staging: Path, dest: Path, manifest: Manifest, force: bool = False) -> Path:
+    """Finish a bundle staged in `staging` (a temp folder beside `dest`) and move it into place.
+
+    Checksums every file, writes the manifest, then renames: `dest` is either the old bundle or
+    the complete new one, never a half-written one. An existing `dest` needs `force`.
+    """
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise EdgesegError(f"{dest}: already exists (use --force to overwrite)")
+    manifest.files = {
+        p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file() and p.name != MANIFEST_NAME
+    }
+    (staging / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.replace(dest, old / dest.name)
+        os.replace(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, dest)
+    return dest
+
+
+def staging_dir(dest: Path) -> Path:
+    """A fresh temporary folder beside `dest` (same filesystem, so the final rename is atomic)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
