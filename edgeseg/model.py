@@ -20,6 +20,8 @@ import numpy as np
 from keras import layers
 
 STRIDE = 32
+#: Fast-moving BN statistics: small datasets take few steps, and inference uses these statistics.
+BN_MOMENTUM = 0.9
 
 
 @dataclass(frozen=True)
@@ -76,17 +78,17 @@ class CropToReference(layers.Layer):
 
 def _conv_bn_relu(x, filters: int, kernel: int, stride: int, name: str):
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
 def _separable(x, filters: int, stride: int, name: str, residual: bool):
     """Depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN, identity sum when `residual`, then ReLU."""
     y = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
-    y = layers.BatchNormalization(name=f"{name}_dw_bn")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(y)
     y = layers.ReLU(name=f"{name}_dw_relu")(y)
     y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(y)
-    y = layers.BatchNormalization(name=f"{name}_pw_bn")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_pw_bn")(y)
     if residual:
         y = layers.Add(name=f"{name}_add")([x, y])
     return layers.ReLU(name=f"{name}_relu")(y)
@@ -129,9 +131,9 @@ def _fcn8s_decoder(feats: list, num_classes: int, width: int):
     x = _conv_bn_relu(f32, width, 1, 1, "dec32")
     for stride, skip in ((16, f16), (8, f8)):
         up = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False, name=f"dec{stride}_up")(x)
-        up = layers.BatchNormalization(name=f"dec{stride}_up_bn")(up)
+        up = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"dec{stride}_up_bn")(up)
         proj = layers.Conv2D(width, 1, use_bias=False, name=f"dec{stride}_skip")(skip)
-        proj = layers.BatchNormalization(name=f"dec{stride}_skip_bn")(proj)
+        proj = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"dec{stride}_skip_bn")(proj)
         x = layers.Add(name=f"dec{stride}_add")([up, proj])
         x = layers.ReLU(name=f"dec{stride}_relu")(x)
     x = layers.Conv2D(num_classes, 1, name="classifier")(x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,20 @@ class TrainResult:
     epochs_run: int
     seconds: float
     skipped: int
+
+
+def split_cpu_devices() -> None:
+    """With EDGESEG_CPU_DEVICES=N, expose N logical CPU devices (to run MirroredStrategy on one CPU).
+
+    Must run before TensorFlow initialises its devices; later calls are ignored.
+    """
+    count = int(os.environ.get("EDGESEG_CPU_DEVICES", "0"))
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if count > 1:
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+        except RuntimeError:
+            pass
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -94,6 +109,7 @@ def train(
         raise EdgesegError(f"{run_dir}: nothing to resume (no {STATE})")
     if resume:
         cfg = RunConfig.load(run_dir)
+    split_cpu_devices()
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
 

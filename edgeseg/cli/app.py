@@ -1,7 +1,9 @@
 """The `edgeseg` command: one Typer app; each command lives in its own module."""
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 
 import typer
 
@@ -35,6 +37,8 @@ commands.register(app)
 
 def main() -> None:
     """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(tensorflow|keras)\.")
     try:
         app()
     except EdgesegError as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typer
 
+from .build_cmd import build
 from .data_cmd import data_app
 from .eval_cmd import eval_command
 from .export_cmd import export
@@ -16,3 +17,4 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
     app.command()(export)
     app.command()(info)
+    app.command()(build)

@@ -1,6 +1,8 @@
 """A deterministic synthetic segmentation dataset (shapes on textures), written in the CamVid layout.
 
-Object colours are drawn independently of the class, so a model has to learn shape and context.
+Each class has a hue band, but the bands overlap (a band is wider than the spacing between them), and
+saturation, brightness, texture and noise vary: colour hints at the class without deciding it, so a
+model has to learn shape and context.
 """
 from __future__ import annotations
 
@@ -39,13 +41,25 @@ def _texture(rng: np.random.Generator, h: int, w: int, c1: np.ndarray, c2: np.nd
     return c1 * (1 - t) + c2 * t
 
 
-def _colour(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
-    """A random RGB colour, resampled a few times to stand out from `avoid`."""
-    colour = rng.integers(0, 256, 3).astype(np.float32)
+#: Half-width of each class's hue band, in degrees; band centres are 360 / 5 = 72 degrees apart.
+HUE_SPREAD = 60.0
+
+
+def _class_colour(rng: np.random.Generator, cls: int) -> np.ndarray:
+    """An RGB colour from the class's hue band (overlapping its neighbours') with random saturation/value."""
+    centre = 360.0 * (cls - 1) / (len(DEFAULT_SYNTH_CLASSES) - 1)
+    hue = (centre + rng.uniform(-HUE_SPREAD, HUE_SPREAD)) % 360.0
+    hsv = np.array([[[hue / 2.0, rng.uniform(90, 255), rng.uniform(90, 255)]]], np.float32).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def _colour(rng: np.random.Generator, cls: int, avoid: np.ndarray) -> np.ndarray:
+    """A colour for class `cls`, resampled a few times to stand out from `avoid`."""
+    colour = _class_colour(rng, cls)
     for _ in range(8):
         if np.abs(colour - avoid).sum() >= 120:
             break
-        colour = rng.integers(0, 256, 3).astype(np.float32)
+        colour = _class_colour(rng, cls)
     return colour
 
 
@@ -82,7 +96,7 @@ def _render(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.nd
     for _ in range(rng.integers(2, 7)):
         cls = int(rng.integers(1, len(DEFAULT_SYNTH_CLASSES)))
         region = _draw_shape(rng, cls, h, w)
-        base = _colour(rng, bg)
+        base = _colour(rng, cls, bg)
         shade = np.clip(base + rng.uniform(-40, 40, 3), 0, 255) if rng.random() < 0.5 else base
         image[region] = _texture(rng, h, w, base, shade)[region]
         labels[region] = cls

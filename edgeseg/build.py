@@ -1,0 +1,132 @@
+"""`edgeseg build`: data -> train -> calibrate -> export -> check -> evaluate -> bundle + report.
+
+Each stage whose output exists is reused on a re-run (an interrupted training resumes), so a build
+continues where it stopped; `force` rebuilds everything.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data.readers import open_dataset
+from .data.synth import generate_synthetic
+from .export import ExportOptions, export_cpu
+from .rundir import BEST_MODEL, STATE, RunConfig, atomic_write_text
+from .runtime.backends.base import load_runner
+from .runtime.manifest import MANIFEST_NAME, read_manifest
+from .train import train
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BuildOptions:
+    out: Path = Path("build/cpu")
+    data: Path | None = None
+    run: Path | None = None
+    model: str = "fcn-tiny"
+    epochs: int = 20
+    batch_size: int = 8
+    input_size: tuple[int, int] = (96, 128)
+    seed: int = 0
+    num_calib: int = 200
+    max_drop: float | None = None
+    output: str = "logits"
+    threads: int | None = None
+    force: bool = False
+
+
+def _training_done(run_dir: Path) -> bool:
+    state = run_dir / STATE
+    if not state.is_file() or not (run_dir / BEST_MODEL).is_file():
+        return False
+    return json.loads(state.read_text())["epoch"] + 1 >= RunConfig.load(run_dir).epochs
+
+
+def _stage_train(opts: BuildOptions, data: Path, log: Log) -> Path:
+    if opts.run is not None:
+        log(f"train: reusing {opts.run}")
+        return opts.run
+    run_dir = opts.out / "run"
+    if _training_done(run_dir):
+        log(f"train: reusing {run_dir} (done)")
+        return run_dir
+    resume = (run_dir / STATE).is_file()
+    spec = open_dataset(data, "train")
+    cfg = RunConfig(model=opts.model, classes=spec.classes, palette=spec.palette, input_size=opts.input_size,
+                    data=str(data), data_format=spec.format, seed=opts.seed, epochs=opts.epochs,
+                    batch_size=opts.batch_size)
+    log(f"train: {'resuming' if resume else 'training'} {opts.model} for {opts.epochs} epochs on {data}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train(cfg, run_dir, resume=resume,
+          on_epoch=lambda e, row: log(f"  epoch {e + 1}/{cfg.epochs}: loss {row['loss']:.4f} "
+                                      f"val mIoU {row['val_miou'] * 100:.2f}"))
+    return run_dir
+
+
+def latency_ms(bundle: Path, artifact: str, threads: int | None) -> dict[str, float]:
+    with load_runner(bundle, artifact, threads) as runner:
+        times = runner.time_inference(warmup=10, runs=50)
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {"p50": round(float(p50), 3), "p90": round(float(p90), 3), "p99": round(float(p99), 3),
+            "fps": round(1000.0 / float(p50), 1)}
+
+
+def write_report(bundle: Path, threads: int | None) -> dict:
+    """report.json and report.md: model, params, MACs, sizes, accuracy and latency of each artifact."""
+    manifest = read_manifest(bundle)
+    artifacts = {}
+    for name, art in manifest.artifacts.items():
+        scores = manifest.evaluation.get("scores", {}).get(name, {})
+        artifacts[name] = {"file": art.file, "backend": art.backend, "precision": art.precision,
+                           "bytes": (bundle / art.file).stat().st_size, "miou": scores.get("miou"),
+                           "per_class_iou": scores.get("per_class_iou"),
+                           "latency_ms": latency_ms(bundle, name, threads)}
+    report = {"model": manifest.model, "target": manifest.target, "threads": threads, "artifacts": artifacts,
+              "comparison": manifest.evaluation.get("comparison")}
+    atomic_write_text(bundle / "report.json", json.dumps(report, indent=2) + "\n")
+    lines = [f"# Build report: {manifest.model.get('name')}", "",
+             f"Params {manifest.model.get('params', 0):,}, MACs {manifest.model.get('macs', 0):,}.", "",
+             "| artifact | backend | precision | size KiB | mIoU % | p50 ms | p90 ms | p99 ms | FPS |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, a in artifacts.items():
+        lat = a["latency_ms"]
+        miou = "-" if a["miou"] is None else f"{a['miou'] * 100:.2f}"
+        lines.append(f"| {name} | {a['backend']} | {a['precision']} | {a['bytes'] / 1024:.1f} | {miou} | "
+                     f"{lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['fps']} |")
+    comparison = report["comparison"]
+    if comparison:
+        lines += ["", f"INT8 drop: {comparison['drop_points']:.2f} mIoU points.", "",
+                  "| class | float IoU % | INT8 IoU % |", "| --- | ---: | ---: |"]
+        for cls, row in comparison["per_class"].items():
+            cells = ["-" if row[k] is None else f"{row[k] * 100:.2f}" for k in ("float", "int8")]
+            lines.append(f"| {cls} | {cells[0]} | {cells[1]} |")
+    atomic_write_text(bundle / "report.md", "\n".join(lines) + "\n")
+    return report
+
+
+def build_cpu(opts: BuildOptions, log: Log = print) -> tuple[Path, dict]:
+    """The whole CPU path; returns the bundle folder and its report."""
+    if opts.force and opts.out.exists():
+        shutil.rmtree(opts.out)
+    data = opts.data
+    if data is None:
+        data = opts.out / "data"
+        if not (data / "dataset.yaml").is_file():
+            log(f"data: generating the built-in synthetic dataset in {data}")
+            generate_synthetic(data, force=True)
+    run_dir = _stage_train(opts, data, log)
+    bundle = opts.out / "bundle"
+    if (bundle / MANIFEST_NAME).is_file() and (bundle / "report.json").is_file():
+        log(f"export: reusing {bundle}")
+        return bundle, json.loads((bundle / "report.json").read_text())
+    export_cpu(run_dir, bundle, ExportOptions(
+        precision="int8", output=opts.output, num_calib=opts.num_calib, eval_data=data, max_drop=opts.max_drop,
+        threads=opts.threads, force=True), log=log)
+    log("report: measuring latency")
+    return bundle, write_report(bundle, opts.threads)
