@@ -75,7 +75,7 @@ def resolve_float_layers(calibrated: bytes, names: Iterable[str]) -> list[str]:
     return resolved
 
 
-def quantize(calibrated: bytes, output_kind: str, float_layers: Iterable[str] = ()) -> bytes:
+def quantize(calibrated: bytes, output_kind: str, float_layers: Iterable[str] = (), input_type=tf.uint8) -> bytes:
     """Full-integer model from a calibrated one: uint8 input, int8 logits or uint8 labels.
 
     Per-channel int8 weights, int8 activations; `float_layers` (TFLite tensor names, as the
@@ -83,7 +83,7 @@ def quantize(calibrated: bytes, output_kind: str, float_layers: Iterable[str] = 
     """
     return tfl_convert.mlir_quantize(
         calibrated,
-        input_data_type=tf.uint8,
+        input_data_type=input_type,
         output_data_type=tf.int8 if output_kind == "logits" else tf.float32,
         denylisted_nodes=resolve_float_layers(calibrated, float_layers) or None,
     )

@@ -126,6 +126,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def shipped_bundles() -> dict[str, Path]:
+    """Bundles shipped inside the package (`edgeseg/pretrained/<name>/`), by name."""
+    from importlib.resources import files
+
+    root = Path(str(files("edgeseg") / "pretrained"))
+    return {p.name: p for p in sorted(root.iterdir()) if (p / MANIFEST_NAME).is_file()} if root.is_dir() else {}
+
+
+def resolve_bundle(name_or_path: str | os.PathLike[str]) -> Path:
+    """A bundle folder from a path, or from the name of a shipped bundle (e.g. `camvid`)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = shipped_bundles()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    known = f" (shipped bundles: {', '.join(shipped)})" if shipped else ""
+    raise EdgesegError(f"{path}: no such bundle{known}")
+
+
 def read_manifest(bundle: str | os.PathLike[str], verify: bool = True) -> Manifest:
     """Read and validate `bundle/edgeseg.json`; with `verify`, check every file's sha256."""
     root = Path(bundle)

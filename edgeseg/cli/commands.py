@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typer
 
+from .bench_cmd import bench
 from .build_cmd import build
 from .data_cmd import data_app
 from .eval_cmd import eval_command
@@ -18,3 +19,4 @@ def register(app: typer.Typer) -> None:
     app.command()(export)
     app.command()(info)
     app.command()(build)
+    app.command()(bench)

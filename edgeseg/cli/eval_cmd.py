@@ -19,7 +19,7 @@ from ..runtime.manifest import MANIFEST_NAME
 def _predictor(model: Path, artifact: Optional[str], threads: Optional[int]
                ) -> tuple[Callable[[np.ndarray], np.ndarray], list[str], Callable[[], None]]:
     """Label function, class names and a close function for a bundle, run folder or .keras file."""
-    if (model / MANIFEST_NAME).is_file():
+    if (model / MANIFEST_NAME).is_file() or not model.exists():
         from ..runtime.backends.base import load_runner
 
         runner = load_runner(model, artifact, threads).activate()
@@ -43,11 +43,11 @@ def print_scores(scores: SegmentationScores, title: str) -> None:
         table.add_row(name, "-" if iou is None else f"{iou * 100:.2f}")
     table.add_row("[b]mean IoU", f"[b]{scores.miou * 100:.2f}")
     table.add_row("pixel accuracy", f"{scores.pixel_accuracy * 100:.2f}")
-    Console().print(table)
+    Console(width=None if Console().is_terminal else 160).print(table)
 
 
 def eval_command(
-    model: Path = typer.Argument(..., help="Bundle folder, run folder or .keras file."),
+    model: Path = typer.Argument(..., help="Bundle folder or name (e.g. camvid), run folder or .keras file."),
     data: Path = typer.Option(..., "--data", help="Dataset root."),
     split: str = typer.Option("val", "--split"),
     data_format: Optional[str] = typer.Option(None, "--format", help="camvid | pairs | voc (default: detect)."),

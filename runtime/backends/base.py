@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgesegError
-from ..manifest import Artifact, Manifest, read_manifest
+from ..manifest import Artifact, Manifest, read_manifest, resolve_bundle
 from ..preprocess import labels_from_output, resize_labels, to_model_input
 
 #: backend name -> "module:Class", imported only when asked for.
@@ -101,8 +101,8 @@ class Runner(abc.ABC):
 
 
 def load_runner(bundle: str | Path, artifact: str | None = None, threads: int | None = None) -> Runner:
-    """The runner for one artifact of a bundle (the manifest's default one unless named)."""
-    bundle = Path(bundle)
+    """The runner for one artifact of a bundle (a path or a shipped bundle's name)."""
+    bundle = resolve_bundle(bundle)
     manifest = read_manifest(bundle)
     art = manifest.artifact(artifact)
     target = BACKENDS.get(art.backend)

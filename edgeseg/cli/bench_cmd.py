@@ -1,0 +1,50 @@
+"""`edgeseg bench`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def bench(
+    targets: list[str] = typer.Argument(..., help="Bundles (paths or shipped names like camvid) and run folders."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root for mIoU (left out: latency only)."),
+    split: str = typer.Option("val", "--split"),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for every CPU backend."),
+    warmup: int = typer.Option(20, "--warmup", help="Untimed runs first."),
+    runs: int = typer.Option(200, "--runs", help="Timed runs per artifact."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every row as JSON."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write accuracy-vs-latency and per-class IoU PNG."),
+) -> None:
+    """Compare artifacts side by side: format, precision, size, mIoU, latency p50/p90/p99 and FPS."""
+    from ..bench import bench as run_bench
+    from ..bench import plot, write_json
+
+    pairs = None
+    if data is not None:
+        from ..data.readers import load_all, open_dataset
+
+        pairs = load_all(open_dataset(data, split))
+    rows = run_bench(targets, pairs, threads, warmup, runs, log=lambda m: None)
+    table = Table(title=f"edgeseg bench ({threads} threads, {runs} runs)")
+    for col in ("artifact", "format", "precision", "size KiB", "mIoU %", "p50 ms", "p90 ms", "p99 ms", "FPS"):
+        table.add_column(col, justify="left" if col in ("artifact", "format", "precision") else "right")
+    for r in rows:
+        if r.skipped:
+            table.add_row(r.name, r.format, r.precision, f"{r.bytes / 1024:.1f}", "-", "-", "-", "-",
+                          f"skipped: {r.skipped}")
+            continue
+        lat = r.latency_ms
+        table.add_row(r.name, r.format, r.precision, f"{r.bytes / 1024:.1f}",
+                      "-" if r.miou is None else f"{r.miou * 100:.2f}", f"{lat['p50']:.2f}", f"{lat['p90']:.2f}",
+                      f"{lat['p99']:.2f}", f"{r.fps:.1f}")
+    Console(width=None if Console().is_terminal else 160).print(table)
+    if json_out:
+        write_json(rows, json_out)
+    if plot_out:
+        plot(rows, plot_out)
+    typer.echo(f"benchmarked {sum(r.skipped is None for r in rows)} artifacts"
+               f" ({sum(r.skipped is not None for r in rows)} skipped)")
