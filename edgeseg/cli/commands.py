@@ -6,6 +6,7 @@ import typer
 from .bench_cmd import bench
 from .build_cmd import build
 from .data_cmd import data_app
+from .demo import demo
 from .eval_cmd import eval_command
 from .export_cmd import export
 from .info_cmd import info
@@ -20,3 +21,4 @@ def register(app: typer.Typer) -> None:
     app.command()(info)
     app.command()(build)
     app.command()(bench)
+    app.command()(demo)

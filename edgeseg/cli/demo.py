@@ -1,0 +1,86 @@
+"""`edgeseg demo`: segment a camera, stream or file live and show, stream or record the result."""
+# ruff: noqa: UP045 (typer evaluates these annotations at run time; `X | None` needs Python 3.10)
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+import typer
+
+from ..runtime.errors import EdgesegError
+
+
+def _quiet_video_backends() -> None:
+    """Silence FFmpeg's and OpenCV's own console messages: failures are reported as one line."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read when FFmpeg first opens something
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def demo(
+    bundle: str = typer.Argument("camvid", help="Bundle folder or shipped bundle name (default: camvid)."),
+    source: str = typer.Option(
+        "0", "--source", "-s",
+        help="Input URI: camera 0 or /dev/video0, csi://0, rtsp://..., http://... (MJPEG), a video file, "
+             "an image folder or glob."),
+    sink: str = typer.Option(
+        "display://0", "--sink", "-o",
+        help="Output URI: display://0, out.mp4 / out.avi, dir/ (PNG images), http://HOST:PORT (MJPEG + web "
+             "page; host 127.0.0.1 unless given) or null."),
+    mode: Literal["overlay", "mask", "side"] = typer.Option(
+        "overlay", help="overlay: labels blended on the frame; mask: labels only; side: frame and labels."),
+    alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="Weight of the label colours in overlay mode."),
+    legend: bool = typer.Option(True, "--legend/--no-legend", help="Draw the class legend."),
+    text: bool = typer.Option(True, "--text/--no-text", help="Draw FPS and latency on the frames."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for inference."),
+    loop: bool = typer.Option(False, "--loop", help="Replay a video file or image folder forever."),
+    realtime: bool = typer.Option(
+        False, "--realtime",
+        help="Play files at their frame rate (dropping frames if too slow), not as fast as possible."),
+    width: Optional[int] = typer.Option(None, min=1, help="Capture width to request from a camera."),
+    height: Optional[int] = typer.Option(None, min=1, help="Capture height to request from a camera."),
+    fps: Optional[float] = typer.Option(
+        None, min=1.0,
+        help="Frame rate to request from a camera (and to play files at with --realtime)."),
+    flip: str = typer.Option(
+        "none", help="Flip or rotate frames (nvvidconv names: rotate-180, clockwise, horizontal, ...)."),
+    max_frames: Optional[int] = typer.Option(None, min=1, help="Stop after this many frames."),
+    stats_json: Optional[str] = typer.Option(
+        None, help="Write frame counts, FPS and p50/p90/p99 per stage and of latency to this JSON file."),
+    artifact: Optional[str] = typer.Option(None, help="Bundle artifact to run (default: the manifest's)."),
+) -> None:
+    """Segment a live camera, stream or file in real time; show, stream or record the result.
+
+    Stops at the end of the input, after --max-frames, or on Ctrl-C / SIGTERM (the output is finalised).
+    """
+    _quiet_video_backends()
+    from ..runtime.pipeline import Pipeline
+    from ..runtime.render import Renderer
+    from ..runtime.segmenter import Segmenter
+    from ..runtime.sinks import MjpegSink, open_sink
+    from ..runtime.sources import open_source
+    from ..runtime.stats import Stats
+
+    seg = Segmenter(bundle, artifact=artifact, threads=threads, alpha=alpha)
+    src = open_source(source, width=width, height=height, fps=fps, flip=flip, loop=loop, realtime=realtime)
+    stats = Stats()
+    try:
+        out = open_sink(sink, fps=src.fps, legend=seg.legend, stats=stats.live)
+    except EdgesegError:
+        src.close()
+        raise
+    if isinstance(out, MjpegSink):
+        typer.echo(f"watch: {out.url}/  (stream: {out.url}/stream.mjpg)")
+    renderer = Renderer(seg.classes, seg.manifest.palette, mode=mode, alpha=alpha, legend=legend)
+    summary = Pipeline(seg, src, out, renderer=renderer, stats=stats, text=text, max_frames=max_frames).run()
+    if stats_json is not None:
+        try:
+            Path(stats_json).write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as exc:
+            raise EdgesegError(f"{stats_json}: cannot write ({exc.strerror})") from None
+    latency = summary["latency"].get("p50_ms", float("nan"))
+    typer.echo(f"{summary['frames_out']} frames in {summary['elapsed_s']:.1f} s: {summary['fps']:.1f} FPS, "
+               f"latency p50 {latency:.1f} ms, {summary['dropped']} dropped -> {sink}")

@@ -1,0 +1,213 @@
+"""Frame sinks by URI, in the manner of jetson-inference's videoOutput.
+
+`open_sink(uri)` understands:
+
+- `display://0`, `window`: an OpenCV window (needs a display and OpenCV with GUI support);
+- `out.mp4`, `out.avi`, `out.mkv`, `out.mov` (`file://` prefix optional): a video file, written to a
+  hidden temporary name and renamed on `close()`, so an interrupted run leaves no half-written file;
+- `dir/`, `folder://dir`, or an existing folder: numbered PNG images (lossless);
+- `http://HOST:PORT`: an MJPEG stream plus a live web page (see `mjpeg`); HOST defaults to 127.0.0.1;
+- `null`: discards frames (for measuring).
+"""
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import re
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+
+from .errors import EdgesegError
+from .mjpeg import MjpegServer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+log = logging.getLogger(__name__)
+
+#: Video container suffix -> cv2.VideoWriter FourCC.
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
+DEFAULT_FPS = 30.0
+
+
+class Sink(abc.ABC):
+    """Takes rendered BGR frames. `done` turns True when the viewer asks to stop (window closed)."""
+
+    done = False
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    @abc.abstractmethod
+    def write(self, image: np.ndarray) -> None:
+        """Output one BGR uint8 frame."""
+
+    def close(self) -> None:
+        """Finish the output (finalise files, stop servers). Idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class NullSink(Sink):
+    """Discards frames."""
+
+    def write(self, image: np.ndarray) -> None:
+        pass
+
+
+class VideoFileSink(Sink):
+    """A video file; the writer opens on the first frame, whose size every later frame is given."""
+
+    def __init__(self, uri: str, path: Path, fps: float):
+        super().__init__(uri)
+        self.path = path
+        self.fps = fps
+        self._fourcc = VIDEO_CODECS[path.suffix.lower()]
+        self._size: tuple[int, int] | None = None
+        self._writer: cv2.VideoWriter | None = None
+        self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{path.suffix}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp.open("xb").close()  # fails now, not at the first frame, if the folder is not writable
+        except OSError as exc:
+            raise EdgesegError(f"{uri}: cannot write ({exc.strerror})") from None
+
+    def write(self, image: np.ndarray) -> None:
+        if self._writer is None:
+            self._size = (image.shape[1], image.shape[0])
+            fourcc = cv2.VideoWriter_fourcc(*self._fourcc)
+            writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
+            if not writer.isOpened():
+                raise EdgesegError(f"{self.uri}: cannot open a {self._fourcc} video writer")
+            self._writer = writer
+        if (image.shape[1], image.shape[0]) != self._size:
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+            os.replace(self._tmp, self.path)
+        elif self._tmp.exists():
+            self._tmp.unlink()
+            log.warning("%s: no frames, nothing written", self.uri)
+
+
+class ImageFolderSink(Sink):
+    """Numbered PNG files (000000.png, 000001.png, ...) in a folder."""
+
+    def __init__(self, uri: str, folder: Path):
+        super().__init__(uri)
+        self.folder = folder
+        self.frames = 0
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgesegError(f"{uri}: cannot create folder ({exc.strerror})") from None
+
+    def write(self, image: np.ndarray) -> None:
+        path = self.folder / f"{self.frames:06d}.png"
+        if not cv2.imwrite(str(path), image):
+            raise EdgesegError(f"{path}: cannot write image")
+        self.frames += 1
+
+
+def has_display() -> bool:
+    """Whether a window can be shown: a GUI-enabled OpenCV and, on Linux, an X11/Wayland display."""
+    if re.search(r"GUI:\s*NONE", cv2.getBuildInformation()):
+        return False
+    on_linux = sys.platform.startswith("linux")
+    return not on_linux or any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY"))
+
+
+class DisplaySink(Sink):
+    """An OpenCV window; closing it or pressing q / Esc sets `done`."""
+
+    def __init__(self, uri: str, title: str = "edgeseg"):
+        super().__init__(uri)
+        if not has_display():
+            raise EdgesegError(f"{uri}: no display here (headless OpenCV or no DISPLAY); "
+                               "use --sink http://127.0.0.1:8080 to watch in a browser")
+        self.title = title
+        self._shown = False
+
+    def write(self, image: np.ndarray) -> None:
+        cv2.imshow(self.title, image)
+        self._shown = True
+        key = cv2.waitKey(1) & 0xFF
+        if key in (ord("q"), 27) or cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+            self.done = True
+
+    def close(self) -> None:
+        if self._shown:
+            cv2.destroyWindow(self.title)
+            self._shown = False
+
+
+class MjpegSink(Sink):
+    """An MJPEG stream and web page served by `MjpegServer`; frames are encoded only while watched."""
+
+    def __init__(self, uri: str, host: str, port: int, *, legend: Sequence[tuple[str, Sequence[int]]] = (),
+                 stats: Callable[[], dict[str, Any]] | None = None, quality: int = 80):
+        super().__init__(uri)
+        self.server = MjpegServer(host, port, legend=legend, stats=stats)
+        self._params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def write(self, image: np.ndarray) -> None:
+        if self.server.viewers:
+            ok, jpeg = cv2.imencode(".jpg", image, self._params)
+            if ok:
+                self.server.publish(jpeg.tobytes())
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def open_sink(uri: str | Path, *, fps: float | None = None,
+              legend: Sequence[tuple[str, Sequence[int]]] = (),
+              stats: Callable[[], dict[str, Any]] | None = None) -> Sink:
+    """Open a sink by URI (see the module docs).
+
+    `fps` is the frame rate a video file is written at (default 30); `legend` ((name, RGB) pairs) and
+    `stats` (a callable returning live stats) feed the web page of an `http://` sink.
+    """
+    uri = str(uri)
+    scheme, sep, rest = uri.partition("://")
+    scheme = scheme.lower() if sep else ""
+    if uri in ("null", "null://"):
+        return NullSink(uri)
+    if scheme == "display" or uri in ("window", "display"):
+        return DisplaySink(uri)
+    if scheme == "http":
+        parts = urlsplit(uri)
+        try:
+            port = parts.port if parts.port is not None else 8080
+        except ValueError:
+            raise EdgesegError(f"{uri}: invalid port") from None
+        return MjpegSink(uri, parts.hostname or "127.0.0.1", port, legend=legend, stats=stats)
+    if scheme not in ("", "file", "folder"):
+        raise EdgesegError(f"{uri}: unknown sink scheme {scheme!r}")
+    path = Path(rest if scheme else uri)
+    if scheme == "folder" or uri.endswith(("/", os.sep)) or path.is_dir():
+        return ImageFolderSink(uri, path)
+    if path.suffix.lower() in VIDEO_CODECS:
+        return VideoFileSink(uri, path, fps or DEFAULT_FPS)
+    raise EdgesegError(f"{uri}: unknown sink (use a video file {', '.join(VIDEO_CODECS)}, a folder/, "
+                       "http://HOST:PORT, display://0 or null)")

@@ -1,0 +1,242 @@
+"""Frame sources: files, image folders, globs, pacing, flips, errors and reconnecting streams."""
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeseg.runtime import sources
+from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.sources import FLIPS, flip_image, open_source
+
+SIZE = (72, 104)  # frames (H, W): not the model's 64x96, so resizing is exercised
+
+
+def make_image(i: int, size: tuple[int, int] = SIZE) -> np.ndarray:
+    """A smooth, frame-dependent BGR test picture (JPEG/MPEG-friendly)."""
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    b = 127 + 120 * np.sin(x / 9.0 + i * 0.7)
+    g = 127 + 120 * np.cos(y / 7.0 - i * 0.5)
+    r = (x + y + 20 * i) % 256
+    return np.dstack([b, g, r]).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("frames")
+    for i in range(6):
+        cv2.imwrite(str(folder / f"f{i:02d}.png"), make_image(i))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def write_video(path: Path, frames: int, fps: float = 25.0) -> Path:
+    """An mp4v file of `frames` test pictures."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (SIZE[1], SIZE[0]))
+    for i in range(frames):
+        writer.write(make_image(i))
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", 12)
+
+
+def decoded_frames(path: Path) -> list[np.ndarray]:
+    """Every frame of a video file, as OpenCV decodes it."""
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            return frames
+        frames.append(image)
+
+
+def test_video_file_gives_every_frame_with_index_and_time(video_file: Path) -> None:
+    expected = decoded_frames(video_file)
+    before = time.perf_counter()
+    frames = list(open_source(video_file))
+    assert len(frames) == len(expected) == 12
+    assert [f.index for f in frames] == list(range(12))
+    stamps = [f.timestamp for f in frames]
+    assert before <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= time.perf_counter()
+    for frame, image in zip(frames, expected):
+        np.testing.assert_array_equal(frame.image, image)
+    assert open_source(f"file://{video_file}").fps == pytest.approx(25.0)
+
+
+def test_image_folder_and_glob(image_dir: Path) -> None:
+    expected = [cv2.imread(str(p)) for p in sorted(image_dir.glob("*.png"))]
+    for uri in (str(image_dir), f"{image_dir}/f0*.png", f"file://{image_dir}/*.png"):
+        frames = list(open_source(uri))
+        assert len(frames) == len(expected), uri
+        for frame, image in zip(frames, expected):
+            np.testing.assert_array_equal(frame.image, image)
+    single = list(open_source(image_dir / "f03.png"))
+    assert len(single) == 1 and np.array_equal(single[0].image, expected[3])
+
+
+def test_loop_replays_files(video_file: Path, image_dir: Path) -> None:
+    for uri in (video_file, image_dir):
+        with open_source(uri, loop=True) as source:
+            frames = [source.read() for _ in range(20)]
+        assert all(f is not None for f in frames)
+        assert [f.index for f in frames] == list(range(20))
+
+
+def test_realtime_paces_and_drops_for_a_slow_reader(image_dir: Path) -> None:
+    start = time.perf_counter()
+    frames = list(open_source(image_dir, realtime=True, fps=40))
+    assert len(frames) == 6
+    assert time.perf_counter() - start >= 5 / 40 * 0.9
+
+    source = open_source(image_dir, realtime=True, fps=100, loop=True)
+    assert source.live
+    indices = []
+    for _ in range(8):
+        frame = source.read()
+        indices.append(frame.index)
+        time.sleep(0.03)  # a model slower than the frame rate
+    source.close()
+    assert indices == sorted(indices) and indices[-1] > 8
+    assert source.dropped > 0 and source.dropped >= indices[-1] - len(indices)
+    assert source.read() is None
+
+
+@pytest.mark.parametrize("flip", sorted(FLIPS))
+def test_flips(flip: str, image_dir: Path) -> None:
+    image = cv2.imread(str(image_dir / "f00.png"))
+    frame = next(iter(open_source(image_dir / "f00.png", flip=flip)))
+    expected = {
+        "none": image, "rotate-180": cv2.rotate(image, cv2.ROTATE_180),
+        "clockwise": cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE),
+        "counterclockwise": cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE),
+        "horizontal": image[:, ::-1], "vertical": image[::-1],
+        "upper-left-diagonal": image.transpose(1, 0, 2),
+        "upper-right-diagonal": image[::-1, ::-1].transpose(1, 0, 2),
+    }[flip]
+    np.testing.assert_array_equal(frame.image, expected)
+    np.testing.assert_array_equal(flip_image(image, FLIPS[flip]), expected)
+
+
+def test_csi_pipeline_string() -> None:
+    pipe = sources.csi_pipeline(1, 1280, 720, 30, FLIPS["rotate-180"])
+    assert pipe.startswith("nvarguscamerasrc sensor-id=1 ! ")
+    assert "width=(int)1280, height=(int)720" in pipe and "framerate=(fraction)30/1" in pipe
+    assert "nvvidconv flip-method=2 ! video/x-raw, format=(string)BGRx ! videoconvert" in pipe
+    assert pipe.endswith("appsink drop=1 max-buffers=1")
+
+
+def _closed_port() -> int:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = server.server_address[1]
+    server.server_close()
+    return port
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("missing.mp4", "no such file or folder"),
+    ("{empty}", "no images in folder"),
+    ("{empty}/*.png", "no files match"),
+    ("{notvideo}", "cannot open video file"),
+    ("gopher://host/x", "unknown source scheme"),
+    ("http://127.0.0.1:{port}/stream.mjpg", "cannot open stream"),
+])
+def test_unopenable_sources_are_one_line_errors(uri: str, message: str, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notvideo.mp4").write_text("not a video")
+    uri = uri.format(empty=tmp_path / "empty", notvideo=tmp_path / "notvideo.mp4", port=_closed_port())
+    with pytest.raises(EdgesegError, match=message) as info:
+        open_source(uri)
+    assert uri in str(info.value) and "\n" not in str(info.value)
+
+
+class FlakyMjpegServer:
+    """Serves an MJPEG stream that fails after `per_connection` frames: drops the connection, or stalls."""
+
+    def __init__(self, per_connection: int, stall: bool):
+        self.connections = 0
+        self.done = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.connections += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                for i in range(per_connection):
+                    jpeg = cv2.imencode(".jpg", make_image(i))[1].tobytes()
+                    head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                    self.wfile.write(head + jpeg + b"\r\n")
+                    time.sleep(0.01)
+                if stall:
+                    outer.done.wait(30)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.done.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "STREAM_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(sources, "BACKOFF_S", (0.05, 0.2))
+
+
+@pytest.mark.parametrize("stall", [False, True], ids=["dropped", "stalled"])
+def test_failing_stream_is_reopened(stall: bool, fast_backoff: None) -> None:
+    server = FlakyMjpegServer(per_connection=5, stall=stall)
+    try:
+        with open_source(server.url) as source:
+            assert source.live
+            frames = []
+            deadline = time.monotonic() + 20
+            while len(frames) < 12 and time.monotonic() < deadline:
+                frame = source.read()
+                assert frame is not None
+                frames.append(frame)
+            assert len(frames) == 12
+            assert frames[0].image.shape == (*SIZE, 3)
+            assert source.reconnects >= 2 and server.connections >= 3
+    finally:
+        server.close()
+
+
+def test_closing_wakes_a_blocked_reader(fast_backoff: None) -> None:
+    server = FlakyMjpegServer(per_connection=2, stall=True)
+    source = open_source(server.url)
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.extend(iter(source.read, None)))
+    reader.start()
+    time.sleep(0.3)  # the stream has stalled: the reader waits
+    start = time.monotonic()
+    source.close()
+    reader.join(5)
+    server.close()
+    assert not reader.is_alive() and time.monotonic() - start < 2.5
+    assert 1 <= len(got) <= 2
+
+
+def test_iterating_to_the_end_closes(video_file: Path) -> None:
+    source = open_source(video_file)
+    assert len(list(source)) == 12
+    assert source.read() is None
