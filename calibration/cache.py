@@ -17,23 +17,27 @@ def cache_key(weights: list[np.ndarray], input_size: tuple[int, int], output_kin
     return digest.hexdigest()[:24]
 
 
+#: What each kind of entry holds: a TFLite model with ranges recorded, or Q/DQ thresholds as JSON.
+KINDS = {"tflite": "calib.tflite", "qdq": "qdq-ranges.json"}
+
+
 class CalibrationCache:
-    """A folder of calibrated models (`<key>.calib.tflite`), written atomically."""
+    """A folder of calibration results (`<key>.<kind suffix>`), written atomically."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
 
-    def path(self, key: str) -> Path:
-        return self.folder / f"{key}.calib.tflite"
+    def path(self, key: str, kind: str = "tflite") -> Path:
+        return self.folder / f"{key}.{KINDS[kind]}"
 
-    def get(self, key: str) -> bytes | None:
-        path = self.path(key)
+    def get(self, key: str, kind: str = "tflite") -> bytes | None:
+        path = self.path(key, kind)
         return path.read_bytes() if path.is_file() else None
 
-    def put(self, key: str, calibrated: bytes) -> Path:
+    def put(self, key: str, kind: str, data: bytes) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".calib-", dir=self.folder)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(calibrated)
-        os.replace(tmp, self.path(key))
-        return self.path(key)
+            fh.write(data)
+        os.replace(tmp, self.path(key, kind))
+        return self.path(key, kind)

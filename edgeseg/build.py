@@ -1,5 +1,8 @@
 """`edgeseg build`: data -> train -> calibrate -> export -> check -> evaluate -> bundle + report.
 
+cpu: TFLite fp32 and INT8. jetson: fp32 and Q/DQ INT8 ONNX, conformance-checked, with the TensorRT
+engine built when TensorRT and a GPU are present (else the `edgeseg compile` and `trtexec` lines).
+
 Each stage whose output exists is reused on a re-run (an interrupted training resumes), so a build
 continues where it stopped; `force` rebuilds everything.
 """
@@ -15,9 +18,10 @@ import numpy as np
 
 from .data.readers import open_dataset
 from .data.synth import generate_synthetic
-from .export import ExportOptions, export_cpu
+from .export import ExportOptions, export_bundle
 from .rundir import BEST_MODEL, STATE, RunConfig, atomic_write_text
 from .runtime.backends.base import load_runner
+from .runtime.errors import EdgesegError
 from .runtime.manifest import MANIFEST_NAME, read_manifest
 from .train import train
 
@@ -110,8 +114,30 @@ def write_report(bundle: Path, threads: int | None) -> dict:
     return report
 
 
-def build_cpu(opts: BuildOptions, log: Log = print) -> tuple[Path, dict]:
-    """The whole CPU path; returns the bundle folder and its report."""
+def _compile_on_device(bundle: Path, log: Log) -> None:
+    """Check the ONNX for TensorRT; build the engine when TensorRT and a GPU are here, else say how."""
+    from .converters.tensorrt import compile_bundle, trtexec_command
+    from .converters.trt_conformance import check_bundle
+    from .runtime.backends.tensorrt import require_tensorrt
+
+    violations = check_bundle(bundle)
+    if violations:
+        raise EdgesegError(f"{bundle}: not TensorRT-conformant: {violations[0]}")
+    log("check: every ONNX artifact is TensorRT-conformant")
+    try:
+        require_tensorrt()
+    except EdgesegError as exc:
+        manifest = read_manifest(bundle)
+        onnx = bundle / manifest.artifacts["int8"].file
+        log(f"compile: skipped here ({exc}). The bundle holds the Q/DQ ONNX, the calibration ranges and the "
+            f"manifest; build the engine on the Jetson with:\n  edgeseg compile {bundle}\nor with TensorRT's "
+            f"own tool:\n  {trtexec_command(onnx, bundle / 'tensorrt-int8.engine', 'int8')}")
+        return
+    compile_bundle(bundle, "int8", log=log)
+
+
+def build(opts: BuildOptions, target: str = "cpu", log: Log = print) -> tuple[Path, dict]:
+    """The whole path for `target` (cpu or jetson); returns the bundle folder and its report."""
     if opts.force and opts.out.exists():
         shutil.rmtree(opts.out)
     data = opts.data
@@ -125,8 +151,10 @@ def build_cpu(opts: BuildOptions, log: Log = print) -> tuple[Path, dict]:
     if (bundle / MANIFEST_NAME).is_file() and (bundle / "report.json").is_file():
         log(f"export: reusing {bundle}")
         return bundle, json.loads((bundle / "report.json").read_text())
-    export_cpu(run_dir, bundle, ExportOptions(
+    export_bundle(run_dir, bundle, ExportOptions(
         precision="int8", output=opts.output, num_calib=opts.num_calib, eval_data=data, max_drop=opts.max_drop,
-        threads=opts.threads, force=True), log=log)
+        threads=opts.threads, force=True), target, log=log)
+    if target == "jetson":
+        _compile_on_device(bundle, log)
     log("report: measuring latency")
     return bundle, write_report(bundle, opts.threads)

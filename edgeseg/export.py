@@ -1,4 +1,9 @@
-"""`edgeseg export RUN --target cpu`: a deploy bundle of TFLite models, checked and evaluated."""
+"""`edgeseg export RUN --target cpu|jetson`: a deploy bundle, checked and evaluated.
+
+cpu: TFLite fp32/fp16 and full-integer INT8 for LiteRT. jetson: fp32 ONNX and a Q/DQ INT8 ONNX that
+TensorRT consumes, checked for TensorRT conformance and run in onnxruntime on the CPU; the engine
+itself is built on the device (`edgeseg compile`).
+"""
 from __future__ import annotations
 
 import importlib.metadata
@@ -21,12 +26,13 @@ from .evaluate import evaluate_arrays
 from .metrics import SegmentationScores
 from .model import count_macs, count_params
 from .rundir import RunConfig
-from .runtime.backends.litert import LiteRTRunner
+from .runtime.backends.base import runner_for
 from .runtime.errors import EdgesegError
 from .runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, staging_dir, write_bundle
 from .train import load_run_model, load_split
 
 Progress = Callable[[str], None]
+TARGETS = {"cpu": tflite.PRECISIONS, "jetson": ("fp32", "int8")}
 
 
 @dataclass
@@ -42,6 +48,11 @@ class ExportOptions:
     float_layers: Sequence[str] = ()
     force: bool = False
     threads: int | None = None
+    # jetson target
+    opset: int = 17
+    layout: str = "nchw"
+    batch: int = 1
+    calib_method: str | None = None  # None: "auto" with eval data, else "entropy"
 
 
 @dataclass
@@ -73,31 +84,35 @@ def tflite_artifact(file: str, precision: str, output: str, size: tuple[int, int
     )
 
 
-def _calibrated(deploy, cfg: RunConfig, run_dir: Path, opts: ExportOptions,
-                log: Progress) -> tuple[bytes, CalibrationSet, list[np.ndarray], bool]:
+def _calibration_set(cfg: RunConfig, opts: ExportOptions) -> tuple[CalibrationSet, list[np.ndarray]]:
     spec = open_dataset(opts.calib_data or cfg.data, "train", None if opts.calib_data else cfg.data_format)
-    calib, frames = choose_calibration(spec, opts.num_calib, cfg.classes, cfg.input_size)
-    key = cache_key(deploy.get_weights(), cfg.input_size, opts.output, calib.sha256)
-    cache = CalibrationCache(run_dir / "calibration")
-    calibrated = cache.get(key)
-    if calibrated is not None:
-        log(f"calibration: reusing cached ranges for {len(frames)} images ({cache.path(key).name})")
-        return calibrated, calib, frames, True
-    log(f"calibration: {len(frames)} images from {spec.root}")
-    calibrated = tflite.calibrate(deploy, frames)
-    cache.put(key, calibrated)
-    return calibrated, calib, frames, False
+    return choose_calibration(spec, opts.num_calib, cfg.classes, cfg.input_size)
 
 
-def _evaluate_artifacts(staging: Path, manifest: Manifest, cfg: RunConfig, opts: ExportOptions,
-                        log: Progress) -> dict[str, SegmentationScores]:
+def _cached(cache: CalibrationCache, key: str, what: str, compute: Callable[[], bytes],
+            log: Progress) -> tuple[bytes, bool]:
+    """The cache entry `key`, computed (and stored) on a miss; and whether it was a hit."""
+    hit = cache.get(key, what)
+    if hit is not None:
+        log(f"calibration: reusing cached ranges ({cache.path(key, what).name})")
+        return hit, True
+    value = compute()
+    cache.put(key, what, value)
+    return value, False
+
+
+def _eval_pairs(cfg: RunConfig, opts: ExportOptions) -> list[tuple[np.ndarray, np.ndarray]]:
     spec = open_dataset(opts.eval_data, opts.eval_split)
     if spec.classes != cfg.classes:
         raise EdgesegError(f"{spec.root}: evaluation classes {spec.classes} do not match the model's {cfg.classes}")
-    pairs, _ = load_split(spec, skip_bad=False)
+    return load_split(spec, skip_bad=False)[0]
+
+
+def _evaluate_artifacts(staging: Path, manifest: Manifest, pairs: list[tuple[np.ndarray, np.ndarray]],
+                        cfg: RunConfig, opts: ExportOptions, log: Progress) -> dict[str, SegmentationScores]:
     scores = {}
     for name, art in manifest.artifacts.items():
-        with LiteRTRunner(staging, manifest, art, threads=opts.threads) as runner:
+        with runner_for(staging, manifest, art, threads=opts.threads) as runner:
             scores[name] = evaluate_arrays(runner.predict, pairs, cfg.classes)
         log(f"eval {name}: mIoU {scores[name].miou * 100:.2f} on {len(pairs)} images")
     return scores
@@ -115,66 +130,130 @@ def comparison(float_scores: SegmentationScores, int8_scores: SegmentationScores
             "drop_points": round((float_scores.miou - int8_scores.miou) * 100, 3), "per_class": per_class}
 
 
-def export_cpu(run_dir: Path, out: Path, opts: ExportOptions, log: Progress = print) -> ExportResult:
-    """Convert a run's best model to TFLite, check it, evaluate it and write the bundle atomically."""
+def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "cpu",
+                  log: Progress = print) -> ExportResult:
+    """Convert a run's best model for `target`, check it, evaluate it and write the bundle atomically."""
     run_dir, out = Path(run_dir), Path(out)
-    if opts.precision not in tflite.PRECISIONS:
-        raise EdgesegError(f"unknown precision {opts.precision!r}; choose from {', '.join(tflite.PRECISIONS)}")
+    if target not in TARGETS:
+        raise EdgesegError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    if opts.precision not in TARGETS[target]:
+        raise EdgesegError(f"precision {opts.precision!r} is not offered for --target {target}; "
+                           f"choose from {', '.join(TARGETS[target])}")
     if out.exists() and not opts.force:
         raise EdgesegError(f"{out}: already exists (use --force to overwrite)")
     model, cfg = load_run_model(run_dir)
     deploy = deploy_model(model, cfg.model, cfg.num_classes, cfg.input_size, cfg.mean, cfg.std, opts.output)
     staging = staging_dir(out)
     try:
-        result = _export_into(staging, run_dir, out, deploy, cfg, opts, log)
+        convert = _convert_cpu if target == "cpu" else _convert_jetson
+        result = ExportResult(out, Manifest(
+            classes=cfg.classes, palette=cfg.palette, artifacts={}, default=opts.precision, target=target,
+            model={"name": cfg.model, "params": count_params(deploy), "macs": count_macs(network(deploy)),
+                   "run": str(run_dir)},
+            versions=tool_versions()))
+        pairs = _eval_pairs(cfg, opts) if opts.eval_data is not None else None
+        convert(staging, run_dir, deploy, cfg, opts, pairs, result, log)
+        if pairs is not None:
+            _record_evaluation(staging, result, pairs, cfg, opts, log)
         write_bundle(staging, out, result.manifest, force=opts.force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
 
 
-def _export_into(staging: Path, run_dir: Path, out: Path, deploy, cfg: RunConfig, opts: ExportOptions,
-                 log: Progress) -> ExportResult:
-    artifacts: dict[str, Artifact] = {}
-    calibration: dict = {}
-    cached = False
-    errors: list[tflite.LayerError] = []
+def export_cpu(run_dir: Path, out: Path, opts: ExportOptions, log: Progress = print) -> ExportResult:
+    """`export_bundle` for the CPU target (TFLite)."""
+    return export_bundle(run_dir, out, opts, "cpu", log)
+
+
+def _record_evaluation(staging: Path, result: ExportResult, pairs: list[tuple[np.ndarray, np.ndarray]],
+                       cfg: RunConfig, opts: ExportOptions, log: Progress) -> None:
+    manifest = result.manifest
+    result.scores = _evaluate_artifacts(staging, manifest, pairs, cfg, opts, log)
+    manifest.evaluation = {"data": str(opts.eval_data), "split": opts.eval_split,
+                           "scores": {k: v.to_dict() for k, v in result.scores.items()}}
+    if opts.precision == "int8":
+        manifest.evaluation["comparison"] = comparison(result.scores["fp32"], result.scores["int8"])
+        drop = manifest.evaluation["comparison"]["drop_points"]
+        if opts.max_drop is not None and drop > opts.max_drop:
+            raise EdgesegError(f"{result.bundle}: INT8 loses {drop:.2f} mIoU points against float, "
+                               f"more than --max-drop {opts.max_drop}; bundle not written")
+
+
+def _convert_cpu(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: ExportOptions,
+                 pairs, result: ExportResult, log: Progress) -> None:
+    """TFLite: the float model, and for INT8 the full-integer one (checked integer-only)."""
+    artifacts = result.manifest.artifacts
     float_precision = "fp32" if opts.precision == "int8" else opts.precision
     log(f"convert: TFLite {float_precision}")
     (staging / f"model_{float_precision}.tflite").write_bytes(tflite.convert_float(deploy, float_precision))
     artifacts[float_precision] = tflite_artifact(f"model_{float_precision}.tflite", float_precision, opts.output,
                                                  cfg.input_size)
-    if opts.precision == "int8":
-        calibrated, calib, frames, cached = _calibrated(deploy, cfg, run_dir, opts, log)
-        log("convert: TFLite int8 (full integer)")
-        int8 = tflite.quantize(calibrated, opts.output, opts.float_layers)
-        report = tflite.inspect_tflite(int8)
-        tflite.check_integer_only(report, opts.float_layers, source=str(out / "model_int8.tflite"))
-        (staging / "model_int8.tflite").write_bytes(int8)
-        (staging / "calibration.cache").write_bytes(calibrated)
-        artifacts["int8"] = tflite_artifact("model_int8.tflite", "int8", opts.output, cfg.input_size)
-        artifacts["int8"].extra = {"ops": report.op_counts(), "float_layers": list(opts.float_layers)}
-        calibration = {**calib.record(), "cache_file": "calibration.cache", "reused_cache": cached}
-        if opts.debug_quant:
-            log("debug-quant: per-layer quantization error")
-            errors = tflite.debug_quantization(deploy, frames)
-            (staging / "quant_debug.json").write_text(json.dumps(
-                [e.__dict__ for e in errors], indent=2, default=float) + "\n")
-    manifest = Manifest(
-        classes=cfg.classes, palette=cfg.palette, artifacts=artifacts, default=opts.precision, target="cpu",
-        model={"name": cfg.model, "params": count_params(deploy), "macs": count_macs(deploy.layers[2]),
-               "run": str(run_dir)},
-        calibration=calibration, versions=tool_versions(),
-    )
-    result = ExportResult(out, manifest, cached, quant_errors=errors)
-    if opts.eval_data is not None:
-        result.scores = _evaluate_artifacts(staging, manifest, cfg, opts, log)
-        manifest.evaluation = {"data": str(opts.eval_data), "split": opts.eval_split,
-                               "scores": {k: v.to_dict() for k, v in result.scores.items()}}
-        if opts.precision == "int8":
-            manifest.evaluation["comparison"] = comparison(result.scores["fp32"], result.scores["int8"])
-            drop = manifest.evaluation["comparison"]["drop_points"]
-            if opts.max_drop is not None and drop > opts.max_drop:
-                raise EdgesegError(f"{out}: INT8 loses {drop:.2f} mIoU points against float, "
-                                   f"more than --max-drop {opts.max_drop}; bundle not written")
-    return result
+    if opts.precision != "int8":
+        return
+    calib, frames = _calibration_set(cfg, opts)
+    log(f"calibration: {len(frames)} images from {calib.root}")
+    key = cache_key(deploy.get_weights(), cfg.input_size, opts.output, calib.sha256)
+    calibrated, result.calibration_cached = _cached(
+        CalibrationCache(run_dir / "calibration"), key, "tflite", lambda: tflite.calibrate(deploy, frames), log)
+    log("convert: TFLite int8 (full integer)")
+    int8 = tflite.quantize(calibrated, opts.output, opts.float_layers)
+    report = tflite.inspect_tflite(int8)
+    tflite.check_integer_only(report, opts.float_layers, source=str(result.bundle / "model_int8.tflite"))
+    (staging / "model_int8.tflite").write_bytes(int8)
+    (staging / "calibration.cache").write_bytes(calibrated)
+    artifacts["int8"] = tflite_artifact("model_int8.tflite", "int8", opts.output, cfg.input_size)
+    artifacts["int8"].extra = {"ops": report.op_counts(), "float_layers": list(opts.float_layers)}
+    result.manifest.calibration = {**calib.record(), "cache_file": "calibration.cache",
+                                   "reused_cache": result.calibration_cached}
+    if opts.debug_quant:
+        log("debug-quant: per-layer quantization error")
+        result.quant_errors = tflite.debug_quantization(deploy, frames)
+        (staging / "quant_debug.json").write_text(json.dumps(
+            [e.__dict__ for e in result.quant_errors], indent=2, default=float) + "\n")
+
+
+def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: ExportOptions,
+                    pairs, result: ExportResult, log: Progress) -> None:
+    """ONNX: fp32 (static shape, NCHW by default) and the Q/DQ INT8 model TensorRT consumes."""
+    from .converters import onnx as onnx_export
+    from .converters import onnx_qdq
+    from .converters.trt_conformance import ensure_conformant
+
+    artifacts = result.manifest.artifacts
+    log(f"convert: ONNX fp32 (opset {opts.opset}, {opts.layout.upper()}, batch {opts.batch})")
+    artifacts["fp32"] = onnx_export.export_onnx(deploy, staging / "model_fp32.onnx", opset=opts.opset,
+                                                layout=opts.layout, batch=opts.batch)
+    artifacts["fp32"].file = "model_fp32.onnx"
+    if opts.precision != "int8":
+        return
+    method = opts.calib_method or ("auto" if pairs is not None else "entropy")
+    if method == "auto" and pairs is None:
+        raise EdgesegError("--calib-method auto scores each method on the evaluation images: give --eval-data")
+    calib, frames = _calibration_set(cfg, opts)
+    log(f"calibration: {len(frames)} images from {calib.root}")
+    key = cache_key(deploy.get_weights(), cfg.input_size, opts.output, calib.sha256)
+    ranges, result.calibration_cached = _cached(
+        CalibrationCache(run_dir / "calibration"), key, "qdq",
+        lambda: json.dumps(onnx_qdq.calibrate(staging / "model_fp32.onnx", frames)).encode(), log)
+    score_fn = None
+    if pairs is not None:
+        score_fn = onnx_qdq.miou_score_fn([p[0] for p in pairs], [p[1] for p in pairs], cfg.num_classes,
+                                          threads=opts.threads)
+    log(f"convert: Q/DQ INT8 ONNX (calibration {method})")
+    artifacts["int8"], scores = onnx_qdq.quantize_qdq(staging / "model_fp32.onnx", staging / "model_int8_qdq.onnx",
+                                                      frames, method, score_fn, thresholds=json.loads(ranges))
+    artifacts["int8"].file = "model_int8_qdq.onnx"
+    ensure_conformant(staging / "model_int8_qdq.onnx")
+    (staging / "calibration_ranges.json").write_bytes(ranges)
+    result.manifest.calibration = {**calib.record(), "cache_file": "calibration_ranges.json",
+                                   "reused_cache": result.calibration_cached,
+                                   "method": artifacts["int8"].extra["calibration_method"],
+                                   "method_scores": scores}
+
+
+def network(deploy):
+    """The FCN inside a deploy model (between normalisation and the optional argmax)."""
+    import keras
+
+    return next(layer for layer in deploy.layers if isinstance(layer, keras.Model))

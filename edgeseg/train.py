@@ -19,7 +19,14 @@ from .data.readers import DatasetSpec, load_sample, open_dataset, validate
 from .evaluate import evaluate_arrays
 from .model import build_model
 from .rundir import (
-    BEST_MODEL, CHECKPOINTS, HISTORY, STATE, RunConfig, atomic_write_text, load_keras_model, save_model_atomic,
+    BEST_MODEL,
+    CHECKPOINTS,
+    HISTORY,
+    STATE,
+    RunConfig,
+    atomic_write_text,
+    load_keras_model,
+    save_model_atomic,
 )
 from .runtime.errors import EdgesegError
 

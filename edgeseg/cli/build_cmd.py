@@ -27,14 +27,15 @@ def build(
     force: bool = typer.Option(False, "--force", help="Rebuild every stage."),
 ) -> None:
     """Data -> train -> calibrate -> export float and INT8 -> check -> evaluate -> bundle + report."""
-    from ..build import BuildOptions, build_cpu
+    from ..build import BuildOptions
+    from ..build import build as run_build
 
-    if target != "cpu":
+    if target not in ("cpu", "jetson"):
         raise EdgesegError(f"unknown target {target!r}; choose cpu or jetson")
     opts = BuildOptions(out=out or Path("build") / target, data=data, run=run, model=model, epochs=epochs,
                         batch_size=batch_size, input_size=parse_size(input_size), seed=seed, num_calib=num_calib,
                         max_drop=max_drop, output=output, threads=threads, force=force)
-    bundle, report = build_cpu(opts, log=typer.echo)
+    bundle, report = run_build(opts, target, log=typer.echo)
     typer.echo((bundle / "report.md").read_text())
     arts = report["artifacts"]
     cmp_ = report["comparison"]

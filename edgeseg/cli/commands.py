@@ -10,6 +10,7 @@ from .demo import demo
 from .eval_cmd import eval_command
 from .export_cmd import export
 from .info_cmd import info
+from .jetson_cmd import check, compile_cmd
 from .train_cmd import train
 
 
@@ -22,3 +23,5 @@ def register(app: typer.Typer) -> None:
     app.command()(build)
     app.command()(bench)
     app.command()(demo)
+    app.command()(check)
+    app.command("compile")(compile_cmd)

@@ -6,8 +6,6 @@ from typing import Optional
 
 import typer
 
-from ..runtime.errors import EdgesegError
-
 
 def export(
     run: Path = typer.Argument(..., help="Training run folder."),
@@ -23,17 +21,21 @@ def export(
     debug_quant: bool = typer.Option(False, "--debug-quant", help="Per-layer quantization error report."),
     float_layers: str = typer.Option("", "--float-layers", help="Comma-separated layers to keep in float."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for evaluation."),
+    opset: int = typer.Option(17, "--opset", help="jetson: ONNX opset (17 parses on TensorRT 8.5+)."),
+    layout: str = typer.Option("nchw", "--layout", help="jetson: nchw (TensorRT) | nhwc."),
+    batch: int = typer.Option(1, "--batch", help="jetson: static batch size."),
+    calib_method: Optional[str] = typer.Option(
+        None, "--calib-method", help="jetson: minmax | entropy | percentile | auto (default: auto with --eval-data)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
 ) -> None:
     """Convert a trained run into a deploy bundle (model files + edgeseg.json), checked and evaluated."""
-    from ..export import ExportOptions, export_cpu
+    from ..export import ExportOptions, export_bundle
 
-    if target != "cpu":
-        raise EdgesegError(f"unknown target {target!r}; choose cpu or jetson")
     opts = ExportOptions(precision=precision, output=output, calib_data=calib_data, num_calib=num_calib,
                          eval_data=eval_data, eval_split=eval_split, max_drop=max_drop, debug_quant=debug_quant,
-                         float_layers=[s for s in float_layers.split(",") if s], force=force, threads=threads)
-    result = export_cpu(run, out, opts, log=typer.echo)
+                         float_layers=[s for s in float_layers.split(",") if s], force=force, threads=threads,
+                         opset=opset, layout=layout, batch=batch, calib_method=calib_method)
+    result = export_bundle(run, out, opts, target, log=typer.echo)
     for err in result.quant_errors[:8]:
         typer.echo(f"  quant error {err.rmse_over_scale:7.3f} steps RMSE  {err.op:<18} {err.tensor}")
     comparison = result.manifest.evaluation.get("comparison")

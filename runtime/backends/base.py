@@ -104,7 +104,11 @@ def load_runner(bundle: str | Path, artifact: str | None = None, threads: int | 
     """The runner for one artifact of a bundle (a path or a shipped bundle's name)."""
     bundle = resolve_bundle(bundle)
     manifest = read_manifest(bundle)
-    art = manifest.artifact(artifact)
+    return runner_for(bundle, manifest, manifest.artifact(artifact), threads)
+
+
+def runner_for(bundle: Path, manifest: Manifest, art: Artifact, threads: int | None = None) -> Runner:
+    """The runner for an artifact whose manifest is already read (e.g. a bundle being written)."""
     target = BACKENDS.get(art.backend)
     if target is None:
         raise EdgesegError(f"{bundle}: unknown backend {art.backend!r} (known: {', '.join(BACKENDS)})")
