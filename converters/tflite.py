@@ -61,32 +61,38 @@ def calibrate(model: keras.Model, frames: Sequence[np.ndarray]) -> bytes:
 
 
 def resolve_float_layers(calibrated: bytes, names: Iterable[str]) -> list[str]:
-    """TFLite tensor names for `names`, each a tensor name or a Keras layer name (e.g. `dec8_up`)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    tensors = [t["name"] for t in Interpreter(model_content=calibrated).get_tensor_details()]
+    """Op-output tensor names for `names`, each a tensor name or a Keras layer name (e.g. `dec8_up`)."""
+    report = inspect_tflite(calibrated)
+    outputs = [t for op in report.ops for t in op.output_names]
     resolved = []
     for name in names:
-        matches = [t for t in tensors if t == name] or [
-            t for t in tensors if f"/{name}/" in t or f"/{name}_1/" in t]
+        matches = [t for t in outputs if t == name] or [t for t in outputs if name in layer_names(t)]
         if not matches:
             raise EdgesegError(f"no layer named {name!r} in the model (--debug-quant lists them)")
-        resolved.append(matches[0])
+        resolved += matches
     return resolved
 
 
-def quantize(calibrated: bytes, output_kind: str, float_layers: Iterable[str] = (), input_type=tf.uint8) -> bytes:
+def quantize(calibrated: bytes, output_kind: str, float_layers: Iterable[str] = (), float_ops: Iterable[str] = (),
+             input_type=tf.uint8) -> bytes:
     """Full-integer model from a calibrated one: uint8 input, int8 logits or uint8 labels.
 
-    Per-channel int8 weights, int8 activations; `float_layers` (TFLite tensor names, as the
-    `--debug-quant` report lists them) stay in float.
+    Per-channel int8 weights, int8 activations. `float_layers` (layer or tensor names, as the
+    `--debug-quant` report lists them) and every op of the types in `float_ops` (e.g. TRANSPOSE_CONV)
+    stay in float; a requested layer the converter could not keep float (it fused it) is an error.
     """
-    return tfl_convert.mlir_quantize(
+    layers = resolve_float_layers(calibrated, float_layers) if float_layers else []
+    model = tfl_convert.mlir_quantize(
         calibrated,
         input_data_type=input_type,
         output_data_type=tf.int8 if output_kind == "logits" else tf.float32,
-        denylisted_nodes=resolve_float_layers(calibrated, float_layers) or None,
+        denylisted_nodes=layers or None,
+        denylisted_ops=list(float_ops) or None,
     )
+    if layers and not any(op.is_float and op.name not in _BOUNDARY_OPS for op in inspect_tflite(model).ops):
+        raise EdgesegError(f"the converter could not keep {', '.join(float_layers)} in float (fused with "
+                           "neighbouring ops); keep its op type float with --float-ops instead")
+    return model
 
 
 @dataclass
@@ -145,16 +151,20 @@ def inspect_tflite(model: bytes) -> TFLiteReport:
     return TFLiteReport(ops, np.dtype(inp["dtype"]).name, tuple(inp["quantization"]), np.dtype(out["dtype"]).name)
 
 
-def check_integer_only(report: TFLiteReport, float_layers: Iterable[str] = (), source: str = "model") -> None:
-    """Fail when an INT8 model has a float op other than the layers the user chose to keep float."""
-    allowed = set(float_layers)
-    bad = [
-        op for op in report.ops
-        if op.is_float and not (allowed and (op.name in _BOUNDARY_OPS or allowed & set(op.output_names)))
-    ]
+def check_integer_only(report: TFLiteReport, float_layers: Iterable[str] = (), float_ops: Iterable[str] = (),
+                       source: str = "model") -> None:
+    """Fail when an INT8 model has a float op other than those the user chose to keep float."""
+    layers, ops = set(float_layers), set(float_ops)
+
+    def allowed(op: OpInfo) -> bool:
+        if op.name in ops or layers & ({*op.output_names} | {n for t in op.output_names for n in layer_names(t)}):
+            return True
+        return bool(layers or ops) and op.name in _BOUNDARY_OPS
+
+    bad = [op for op in report.ops if op.is_float and not allowed(op)]
     if bad:
-        ops = "; ".join(str(op) for op in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise EdgesegError(f"{source}: INT8 model has float ops ({ops}); keep them float with --float-layers")
+        listed = "; ".join(str(op) for op in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise EdgesegError(f"{source}: INT8 model has float ops ({listed}); allow them with --float-layers/--float-ops")
 
 
 @dataclass
@@ -169,10 +179,19 @@ class LayerError:
 
 
 def layer_name(tensor: str) -> str:
-    """The Keras layer a TFLite tensor comes from (`.../fcn_tiny_1/dec8_up_1/conv_transpose` -> `dec8_up`)."""
+    """The Keras layer a TFLite tensor comes from (`<deploy>/fcn_tiny_1/dec8_up_1/conv_transpose` -> `dec8_up`,
+    `<deploy>/normalize_1/add` -> `normalize`); the model's output tensor is `output`. For a fused op,
+    the first of the layers fused into it."""
     parts = tensor.split(";")[0].split("/")
-    name = parts[2] if len(parts) > 3 else parts[-1]
+    if len(parts) < 3:
+        return "output"
+    name = parts[2] if len(parts) > 3 else parts[1]
     return name[:-2] if name.endswith("_1") else name
+
+
+def layer_names(tensor: str) -> set[str]:
+    """Every Keras layer fused into the op that writes `tensor`."""
+    return {layer_name(part) for part in tensor.split(";")}
 
 
 def debug_quantization(model: keras.Model, frames: Sequence[np.ndarray]) -> list[LayerError]:

@@ -46,6 +46,7 @@ class ExportOptions:
     max_drop: float | None = None
     debug_quant: bool = False
     float_layers: Sequence[str] = ()
+    float_ops: Sequence[str] = ()
     force: bool = False
     threads: int | None = None
     # jetson target
@@ -141,6 +142,9 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
                            f"choose from {', '.join(TARGETS[target])}")
     if out.exists() and not opts.force:
         raise EdgesegError(f"{out}: already exists (use --force to overwrite)")
+    if opts.max_drop is not None and (opts.eval_data is None or opts.precision != "int8"):
+        raise EdgesegError("--max-drop compares float and INT8 on evaluation images: give --precision int8 "
+                           "and --eval-data")
     model, cfg = load_run_model(run_dir)
     deploy = deploy_model(model, cfg.model, cfg.num_classes, cfg.input_size, cfg.mean, cfg.std, opts.output)
     staging = staging_dir(out)
@@ -197,13 +201,14 @@ def _convert_cpu(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: Exp
     calibrated, result.calibration_cached = _cached(
         CalibrationCache(run_dir / "calibration"), key, "tflite", lambda: tflite.calibrate(deploy, frames), log)
     log("convert: TFLite int8 (full integer)")
-    int8 = tflite.quantize(calibrated, opts.output, opts.float_layers)
+    int8 = tflite.quantize(calibrated, opts.output, opts.float_layers, opts.float_ops)
     report = tflite.inspect_tflite(int8)
-    tflite.check_integer_only(report, opts.float_layers, source=str(result.bundle / "model_int8.tflite"))
+    tflite.check_integer_only(report, opts.float_layers, opts.float_ops, source=str(result.bundle / "model_int8.tflite"))
     (staging / "model_int8.tflite").write_bytes(int8)
     (staging / "calibration.cache").write_bytes(calibrated)
     artifacts["int8"] = tflite_artifact("model_int8.tflite", "int8", opts.output, cfg.input_size)
-    artifacts["int8"].extra = {"ops": report.op_counts(), "float_layers": list(opts.float_layers)}
+    artifacts["int8"].extra = {"ops": report.op_counts(), "float_layers": list(opts.float_layers),
+                               "float_ops": list(opts.float_ops)}
     result.manifest.calibration = {**calib.record(), "cache_file": "calibration.cache",
                                    "reused_cache": result.calibration_cached}
     if opts.debug_quant:

@@ -20,6 +20,7 @@ def export(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Fail if INT8 loses more mIoU points."),
     debug_quant: bool = typer.Option(False, "--debug-quant", help="Per-layer quantization error report."),
     float_layers: str = typer.Option("", "--float-layers", help="Comma-separated layers to keep in float."),
+    float_ops: str = typer.Option("", "--float-ops", help="Comma-separated op types to keep in float."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for evaluation."),
     opset: int = typer.Option(17, "--opset", help="jetson: ONNX opset (17 parses on TensorRT 8.5+)."),
     layout: str = typer.Option("nchw", "--layout", help="jetson: nchw (TensorRT) | nhwc."),
@@ -33,7 +34,8 @@ def export(
 
     opts = ExportOptions(precision=precision, output=output, calib_data=calib_data, num_calib=num_calib,
                          eval_data=eval_data, eval_split=eval_split, max_drop=max_drop, debug_quant=debug_quant,
-                         float_layers=[s for s in float_layers.split(",") if s], force=force, threads=threads,
+                         float_layers=[s for s in float_layers.split(",") if s],
+                         float_ops=[s for s in float_ops.split(",") if s], force=force, threads=threads,
                          opset=opset, layout=layout, batch=batch, calib_method=calib_method)
     result = export_bundle(run, out, opts, target, log=typer.echo)
     for err in result.quant_errors[:8]:
