@@ -203,7 +203,8 @@ def _convert_cpu(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: Exp
     log("convert: TFLite int8 (full integer)")
     int8 = tflite.quantize(calibrated, opts.output, opts.float_layers, opts.float_ops)
     report = tflite.inspect_tflite(int8)
-    tflite.check_integer_only(report, opts.float_layers, opts.float_ops, source=str(result.bundle / "model_int8.tflite"))
+    tflite.check_integer_only(report, opts.float_layers, opts.float_ops,
+                              source=str(result.bundle / "model_int8.tflite"))
     (staging / "model_int8.tflite").write_bytes(int8)
     (staging / "calibration.cache").write_bytes(calibrated)
     artifacts["int8"] = tflite_artifact("model_int8.tflite", "int8", opts.output, cfg.input_size)

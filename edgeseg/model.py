@@ -9,6 +9,7 @@ quantize cleanly to full INT8 (Conv, DepthwiseConv, ConvTranspose, Add, ReLU, BN
 Any input size: sizes not divisible by the stride are padded inside the model and the logits are
 cropped back. With a static size the padding is static (what export uses); with `None` it is computed.
 The model takes normalised float images, `(x - mean) / std`; export folds normalisation in front.
+`build_encoder` is the encoder alone, with the FCN's layer names (what `edgeseg pretrain` trains).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from pathlib import Path
 import keras
 import numpy as np
 from keras import layers
+
+from .runtime.errors import EdgesegError
 
 STRIDE = 32
 #: Fast-moving BN statistics: small datasets take few steps, and inference uses these statistics.
@@ -143,21 +146,28 @@ def _fcn8s_decoder(feats: list, num_classes: int, width: int):
     return x
 
 
-def build_model(
+def _padding(height: int, width: int) -> tuple[int, int]:
+    """Bottom and right padding that makes a static input size a multiple of `STRIDE`."""
+    return (-height) % STRIDE, (-width) % STRIDE
+
+
+def build_encoder(
     name: str,
-    num_classes: int,
     input_size: tuple[int | None, int | None] = (None, None),
     backbone_weights: str | Path | None = None,
     freeze_backbone: bool = False,
 ) -> keras.Model:
-    """A compact FCN (`fcn-tiny`, `fcn-small`) or the VGG16 `fcn8s`, for normalised float input."""
+    """The encoder of `build_model(name, ...)`: normalised image -> [f8, f16, f32] (strides 8, 16, 32).
+
+    The input is padded to a multiple of `STRIDE` (layer `pad` when needed); layer names equal those in
+    the FCN, so weights transfer by name.
+    """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     height, width = input_size
     inputs = keras.Input((height, width, 3), name="image")
-    static = height is not None and width is not None
-    if static:
-        pad_h, pad_w = (-height) % STRIDE, (-width) % STRIDE
+    if height is not None and width is not None:
+        pad_h, pad_w = _padding(height, width)
         x = layers.ZeroPadding2D(((0, pad_h), (0, pad_w)), name="pad")(inputs) if pad_h or pad_w else inputs
     else:
         x = PadToMultiple(STRIDE, name="pad")(inputs)
@@ -167,27 +177,45 @@ def build_model(
             load_backbone_weights(encoder_layers, Path(backbone_weights))
         for layer in encoder_layers:
             layer.trainable = not freeze_backbone
-        logits = _fcn8s_decoder(feats, num_classes, 256)
     else:
-        cfg = COMPACT_MODELS[name]
-        logits = _fcn8s_decoder(_compact_encoder(x, cfg), num_classes, cfg.decoder)
-    if static:
-        logits = layers.Cropping2D(((0, pad_h), (0, pad_w)), name="crop")(logits) if pad_h or pad_w else logits
-    else:
-        logits = CropToReference(name="crop")([logits, inputs])
+        feats = _compact_encoder(x, COMPACT_MODELS[name])
+    return keras.Model(inputs, feats, name=f"{name.replace('-', '_')}_encoder")
+
+
+def crop_to_input(x, inputs, input_size: tuple[int | None, int | None]):
+    """Undo the encoder's padding: `x` (at the padded size) cropped to the size of `inputs`."""
+    height, width = input_size
+    if height is None or width is None:
+        return CropToReference(name="crop")([x, inputs])
+    pad_h, pad_w = _padding(height, width)
+    return layers.Cropping2D(((0, pad_h), (0, pad_w)), name="crop")(x) if pad_h or pad_w else x
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    input_size: tuple[int | None, int | None] = (None, None),
+    backbone_weights: str | Path | None = None,
+    freeze_backbone: bool = False,
+) -> keras.Model:
+    """A compact FCN (`fcn-tiny`, `fcn-small`) or the VGG16 `fcn8s`, for normalised float input."""
+    encoder = build_encoder(name, input_size, backbone_weights, freeze_backbone)
+    width = 256 if name == "fcn8s" else COMPACT_MODELS[name].decoder
+    logits = _fcn8s_decoder(encoder.outputs, num_classes, width)
+    logits = crop_to_input(logits, encoder.input, input_size)
     logits = layers.Activation("linear", dtype="float32", name="logits")(logits)
-    return keras.Model(inputs, logits, name=name.replace("-", "_"))
+    return keras.Model(encoder.input, logits, name=name.replace("-", "_"))
 
 
 def load_backbone_weights(encoder_layers: list[layers.Layer], path: Path) -> None:
     """Load VGG16 conv weights from a local Keras weights file (`.weights.h5` of VGG16 without top)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: backbone weights file not found")
+        raise EdgesegError(f"{path}: backbone weights file not found")
     source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
     try:
         source.load_weights(str(path))
     except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not VGG16 (no top) weights ({exc})") from None
+        raise EdgesegError(f"{path}: not VGG16 (no top) weights ({str(exc).splitlines()[0]})") from None
     by_name = {layer.name: layer for layer in source.layers}
     for layer in encoder_layers:
         if layer.weights:

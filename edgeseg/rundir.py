@@ -35,6 +35,12 @@ class RunConfig:
     class_weighting: str = "median_frequency"
     mean: tuple[float, ...] = DEFAULT_MEAN
     std: tuple[float, ...] = DEFAULT_STD
+    #: Pretrain run whose encoder starts the model (not re-applied on resume).
+    init_from: str | None = None
+    #: Epochs at the start that keep the encoder fixed.
+    freeze_encoder_epochs: int = 0
+    #: Seeded fraction of the labeled training images used (at least one image).
+    labels_fraction: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

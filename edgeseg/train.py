@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from .data.pipeline import class_weights, make_dataset
 from .data.readers import DatasetSpec, load_sample, open_dataset, validate
+from .encoder import init_encoder, set_encoder_trainable
 from .evaluate import evaluate_arrays
 from .model import build_model
 from .rundir import (
@@ -75,13 +76,28 @@ def load_split(spec: DatasetSpec, skip_bad: bool) -> tuple[list[tuple[np.ndarray
     return [load_sample(spec, s) for s in samples], len(errors)
 
 
-def _compile(model: keras.Model, cfg: RunConfig, steps_per_epoch: int) -> None:
-    schedule = keras.optimizers.schedules.CosineDecay(
-        cfg.learning_rate, decay_steps=max(1, cfg.epochs * steps_per_epoch), alpha=0.02)
+def labeled_subset(items: list, fraction: float, seed: int) -> list:
+    """A seeded `fraction` of `items` (at least one), in their original order."""
+    if not 0 < fraction <= 1:
+        raise EdgesegError(f"labels fraction must be in (0, 1], got {fraction}")
+    count = max(1, round(fraction * len(items)))
+    keep = np.sort(np.random.default_rng(seed).permutation(len(items))[:count])
+    return [items[i] for i in keep]
+
+
+def cosine_adam(learning_rate: float, decay_steps: int) -> keras.optimizers.Optimizer:
+    """Adam whose learning rate decays along a cosine to 2% over `decay_steps`."""
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, decay_steps), alpha=0.02)
+    return keras.optimizers.Adam(schedule)
+
+
+def _compile(model: keras.Model, cfg: RunConfig, steps_per_epoch: int, epoch: int = 0) -> None:
+    """Compile with a fresh optimizer whose schedule starts at `epoch`."""
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=cosine_adam(cfg.learning_rate, cfg.epochs * steps_per_epoch),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    model.optimizer.iterations.assign(epoch * steps_per_epoch)
 
 
 def _read_state(run_dir: Path) -> dict:
@@ -89,7 +105,7 @@ def _read_state(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _append_history(run_dir: Path, row: dict) -> None:
+def append_history(run_dir: Path, row: dict) -> None:
     path = run_dir / HISTORY
     rows = list(csv.DictReader(path.open())) if path.is_file() else []
     rows = [r for r in rows if int(r["epoch"]) < row["epoch"]] + [row]
@@ -123,23 +139,30 @@ def train(
     train_spec = open_dataset(cfg.data, "train", cfg.data_format)
     val_spec = open_dataset(cfg.data, "val", cfg.data_format)
     train_arrays, bad_train = load_split(train_spec, skip_bad)
+    train_arrays = labeled_subset(train_arrays, cfg.labels_fraction, cfg.seed)
     val_arrays, bad_val = load_split(val_spec, skip_bad)
     weights = class_weights([m for _, m in train_arrays], cfg.num_classes, cfg.class_weighting)
     steps = math.ceil(len(train_arrays) / cfg.batch_size)
     cfg.save(run_dir)
 
     start_epoch = state.get("epoch", -1) + 1
-    with make_strategy(strategy).scope():
+    scope = make_strategy(strategy).scope
+    with scope():
         if resume:
             model = keras.saving.load_model(run_dir / CHECKPOINTS / f"epoch_{state['epoch']:03d}.keras")
         else:
             model = build_model(cfg.model, cfg.num_classes, (None, None), backbone_weights, freeze_backbone)
+            if cfg.init_from:
+                init_encoder(model, Path(cfg.init_from), cfg.model)
             _compile(model, cfg, steps)
     best = state.get("best_miou", -1.0)
     best_epoch = state.get("best_epoch", -1)
     tensorboard = keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False)
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
+        if cfg.freeze_encoder_epochs and set_encoder_trainable(model, cfg.model, epoch >= cfg.freeze_encoder_epochs):
+            with scope():
+                _compile(model, cfg, steps, epoch)
         data = make_dataset(train_arrays, cfg.input_size, cfg.batch_size, training=True, seed=cfg.seed,
                             epoch=epoch, weights=weights, mean=cfg.mean, std=cfg.std)
         data = data.apply(tf.data.experimental.assert_cardinality(steps))
@@ -153,7 +176,7 @@ def train(
             best, best_epoch = scores.miou, epoch
             save_model_atomic(model, run_dir / BEST_MODEL)
             atomic_write_text(run_dir / "val_scores.json", json.dumps(scores.to_dict(), indent=2) + "\n")
-        _append_history(run_dir, row)
+        append_history(run_dir, row)
         atomic_write_text(run_dir / STATE, json.dumps(
             {"epoch": epoch, "best_epoch": best_epoch, "best_miou": best}, indent=2) + "\n")
         if on_epoch:

@@ -6,9 +6,8 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from edgeseg.runtime.errors import EdgesegError
-
 from edgeseg.data.pipeline import Augment, class_weights, make_dataset
+from edgeseg.runtime.errors import EdgesegError
 
 
 def _sample(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from edgeseg.runtime.errors import EdgesegError
 
 from edgeseg.data import DEFAULT_SYNTH_CLASSES, generate_synthetic, load_all, open_dataset
+from edgeseg.runtime.errors import EdgesegError
 
 
 def _files(root: Path) -> dict[str, bytes]:

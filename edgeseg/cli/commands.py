@@ -11,12 +11,14 @@ from .eval_cmd import eval_command
 from .export_cmd import export
 from .info_cmd import info
 from .jetson_cmd import check, compile_cmd
+from .pretrain_cmd import pretrain
 from .train_cmd import train
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
     app.command()(train)
+    app.command()(pretrain)
     app.command("eval")(eval_command)
     app.command()(export)
     app.command()(info)

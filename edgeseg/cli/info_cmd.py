@@ -7,14 +7,16 @@ from pathlib import Path
 import typer
 
 from ..runtime.errors import EdgesegError
-from ..runtime.manifest import MANIFEST_NAME, read_manifest
+from ..runtime.manifest import MANIFEST_NAME, read_manifest, shipped_bundles
 
 
 def info(
-    path: Path = typer.Argument(..., help="Bundle folder or run folder."),
+    path: Path = typer.Argument(..., help="Bundle folder, shipped bundle name (e.g. camvid) or run folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest or config as JSON."),
 ) -> None:
     """Print a bundle's manifest (artifacts, input, classes, calibration, evaluation) or a run's model."""
+    if not path.exists() and str(path) in shipped_bundles():
+        path = shipped_bundles()[str(path)]
     if (path / MANIFEST_NAME).is_file():
         manifest = read_manifest(path)
         if as_json:

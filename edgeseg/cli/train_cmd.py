@@ -26,6 +26,12 @@ def train(
     backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights",
                                                     help="fcn8s: local VGG16 (no top) weights file."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="fcn8s: keep the encoder fixed."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from",
+                                             help="Pretrain run folder: start the encoder from its weights."),
+    freeze_encoder_epochs: int = typer.Option(0, "--freeze-encoder-epochs",
+                                              help="Keep the encoder fixed for the first N epochs."),
+    labels_fraction: float = typer.Option(1.0, "--labels-fraction",
+                                          help="Train on this seeded fraction of the labeled images (at least 1)."),
 ) -> None:
     """Train a compact FCN; the best epoch by validation mIoU is kept as RUN/model.keras."""
     from rich.progress import Progress
@@ -34,22 +40,27 @@ def train(
     from ..rundir import RunConfig
     from ..train import train as run_training
 
-    data = default_data(data, typer.echo)
-    spec = open_dataset(data, "train", data_format)
-    cfg = RunConfig(model=model, classes=spec.classes, palette=spec.palette, input_size=parse_size(input_size),
-                    data=str(data), data_format=spec.format, seed=seed, epochs=epochs, batch_size=batch_size,
-                    learning_rate=learning_rate, class_weighting=class_weighting)
+    if resume:
+        cfg = RunConfig.load(out)
+    else:
+        data = default_data(data, typer.echo)
+        spec = open_dataset(data, "train", data_format)
+        cfg = RunConfig(model=model, classes=spec.classes, palette=spec.palette, input_size=parse_size(input_size),
+                        data=str(data), data_format=spec.format, seed=seed, epochs=epochs, batch_size=batch_size,
+                        learning_rate=learning_rate, class_weighting=class_weighting,
+                        init_from=str(init_from) if init_from else None,
+                        freeze_encoder_epochs=freeze_encoder_epochs, labels_fraction=labels_fraction)
     out.mkdir(parents=True, exist_ok=True)
     with Progress(transient=True) as progress:
-        task = progress.add_task("training", total=epochs)
+        task = progress.add_task("training", total=cfg.epochs)
 
         def on_epoch(epoch: int, row: dict) -> None:
             progress.update(task, completed=epoch + 1)
-            progress.console.print(f"epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}  "
+            progress.console.print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}  "
                                    f"val mIoU {row['val_miou'] * 100:.2f}")
 
         result = run_training(cfg, out, resume=resume, skip_bad=skip_bad, strategy=strategy,
                               backbone_weights=backbone_weights, freeze_backbone=freeze_backbone, on_epoch=on_epoch)
     skipped = f", {result.skipped} bad samples skipped" if result.skipped else ""
-    typer.echo(f"trained {model} for {result.epochs_run} epochs in {result.seconds:.0f}s: best val mIoU "
+    typer.echo(f"trained {cfg.model} for {result.epochs_run} epochs in {result.seconds:.0f}s: best val mIoU "
                f"{result.best_miou * 100:.2f} (epoch {result.best_epoch + 1}) -> {out / 'model.keras'}{skipped}")

@@ -1,0 +1,62 @@
+"""`edgeseg pretrain`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..runtime.errors import EdgesegError
+from .options import parse_size
+
+DEFAULT_MASK_RATIO = 0.5
+
+
+def pretrain(
+    images: str = typer.Option(..., "--images", help="Image folder (recursive), glob, video file or folder of videos."),
+    out: Path = typer.Option(..., "--out", help="Run folder (encoder.weights.h5, encoder.json, reconstructions.png)."),
+    model: str = typer.Option("fcn-tiny", "--model", help="fcn-tiny | fcn-small | fcn8s: whose encoder to pretrain."),
+    epochs: int = typer.Option(10, "--epochs"),
+    input_size: str = typer.Option("96x128", "--input-size", help="Frames are resized to this HxW."),
+    every: int = typer.Option(1, "--every", help="Keep every K-th frame of each video (and every K-th image)."),
+    loss: str = typer.Option("l2", "--loss", help="Reconstruction loss: l1 | l2."),
+    mask_ratio: Optional[float] = typer.Option(
+        None, "--mask-ratio", help=f"Mask this fraction of 16x16 blocks (default {DEFAULT_MASK_RATIO})."),
+    noise: Optional[float] = typer.Option(
+        None, "--noise", help="Instead of masking: Gaussian noise of this std (0..1 pixel scale)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    learning_rate: float = typer.Option(2e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Pretrain a model's encoder as a convolutional autoencoder on unlabeled frames (for train --init-from)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ..data.frames import sample_frames
+    from ..encoder import ENCODER_WEIGHTS
+    from ..pretrain import RECONSTRUCTIONS, PretrainConfig
+    from ..pretrain import pretrain as run_pretraining
+
+    if mask_ratio is not None and noise is not None:
+        raise EdgesegError("--mask-ratio and --noise are alternatives: give one")
+    default_mask = DEFAULT_MASK_RATIO if noise is None else 0.0
+    cfg = PretrainConfig(images=images, model=model, input_size=parse_size(input_size), every=every, epochs=epochs,
+                         batch_size=batch_size, learning_rate=learning_rate, loss=loss, seed=seed,
+                         mask_ratio=default_mask if mask_ratio is None else mask_ratio, noise=noise or 0.0)
+    cfg.check()
+    console = Console()
+    with console.status(f"reading frames from {images}"):
+        frames = sample_frames(images, every, cfg.input_size)
+    console.print(f"{len(frames)} frames at {input_size}")
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("pretraining", total=epochs)
+
+        def on_epoch(epoch: int, row: dict) -> None:
+            progress.update(task, completed=epoch + 1)
+            progress.console.print(f"epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}  "
+                                   f"preview error {row['preview_error']:.2f}")
+
+        result = run_pretraining(cfg, out, frames, on_epoch)
+    typer.echo(f"pretrained the {model} encoder on {result.frames} frames for {result.epochs} epochs in "
+               f"{result.seconds:.0f}s: reconstruction error {result.initial_error:.2f} -> {result.final_error:.2f} "
+               f"(mean abs, 0..255) -> {out / ENCODER_WEIGHTS}, grid {out / RECONSTRUCTIONS}")

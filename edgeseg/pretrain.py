@@ -1,0 +1,217 @@
+"""Convolutional-autoencoder pretraining of an FCN's encoder on unlabeled frames.
+
+The autoencoder is the FCN's own encoder (`build_encoder`, same layer names) and a mirrored decoder:
+four stride-2 `Conv2DTranspose` + BN + ReLU layers with the encoder's widths in reverse, then a linear
+stride-2 `Conv2DTranspose` to RGB at the input size. No skip connections and no dense layers: the
+reconstruction passes through the stride-32 features. The input is corrupted so that the task is more
+than identity: random `MASK_BLOCK` x `MASK_BLOCK` blocks set to the mean colour (`mask_ratio`) and/or
+Gaussian noise (`noise`, its std in [0, 1] pixel units); the L1 or L2 loss covers every pixel of the
+clean frame. Frames are flipped at random. Shuffling, flips and corruption are seeded per
+(seed, epoch, frame), so a run is reproducible.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from .encoder import ENCODER_INFO, save_encoder
+from .model import BN_MOMENTUM, COMPACT_MODELS, MODEL_NAMES, build_encoder, crop_to_input
+from .runtime.errors import EdgesegError
+from .runtime.manifest import DEFAULT_MEAN, DEFAULT_STD
+from .train import append_history, cosine_adam
+
+MASK_BLOCK = 16
+LOSSES = {"l1": "mean_absolute_error", "l2": "mean_squared_error"}
+RECONSTRUCTIONS = "reconstructions.png"
+PREVIEW_FRAMES = 8
+#: The preview frames are corrupted with this epoch's key: the same corruption after every epoch.
+PREVIEW_EPOCH = -1
+
+
+@dataclass
+class PretrainConfig:
+    """What the autoencoder is trained on and how (written to `encoder.json`)."""
+
+    images: str
+    model: str = "fcn-tiny"
+    input_size: tuple[int, int] = (96, 128)
+    every: int = 1
+    epochs: int = 10
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    loss: str = "l2"
+    mask_ratio: float = 0.5
+    noise: float = 0.0
+    seed: int = 0
+    mean: tuple[float, ...] = DEFAULT_MEAN
+    std: tuple[float, ...] = DEFAULT_STD
+
+    def check(self) -> None:
+        problems = [
+            (self.model not in MODEL_NAMES, f"unknown model {self.model!r}; choose from {', '.join(MODEL_NAMES)}"),
+            (self.loss not in LOSSES, f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}"),
+            (not 0 <= self.mask_ratio < 1, f"mask ratio must be in [0, 1), got {self.mask_ratio}"),
+            (self.noise < 0, f"noise must be >= 0, got {self.noise}"),
+            (self.epochs < 1 or self.batch_size < 1, "epochs and batch size must be at least 1"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise EdgesegError(message)
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    frames: int
+    epochs: int
+    #: Mean absolute reconstruction error of the preview frames (0..255 pixel units), before and after.
+    initial_error: float
+    final_error: float
+    seconds: float
+
+
+def _mirror_widths(name: str) -> tuple[int, int, int, int]:
+    """The encoder's channels at strides 16, 8, 4 and 2: the decoder's widths, deepest first."""
+    if name == "fcn8s":
+        return 512, 256, 128, 64
+    cfg = COMPACT_MODELS[name]
+    return cfg.widths[2], cfg.widths[1], cfg.widths[0], cfg.stem
+
+
+def build_autoencoder(name: str, input_size: tuple[int, int]) -> tuple[keras.Model, keras.Model]:
+    """The autoencoder for `name`'s encoder at a static input size, and that encoder (shared layers)."""
+    encoder = build_encoder(name, input_size)
+    x = encoder.outputs[-1]
+    for stride, width in zip((16, 8, 4, 2), _mirror_widths(name)):
+        x = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False, name=f"ae_up{stride}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"ae_up{stride}_bn")(x)
+        x = layers.ReLU(name=f"ae_up{stride}_relu")(x)
+    x = layers.Conv2DTranspose(3, 4, strides=2, padding="same", kernel_initializer="zeros", name="ae_out")(x)
+    x = crop_to_input(x, encoder.input, input_size)
+    return keras.Model(encoder.input, x, name=f"{name.replace('-', '_')}_autoencoder"), encoder
+
+
+def corrupt(x: tf.Tensor, seed: tf.Tensor, cfg: PretrainConfig) -> tf.Tensor:
+    """A normalised H x W x 3 image with random blocks set to 0 (the mean colour) and/or noise added."""
+    mask_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    height, width = cfg.input_size
+    if cfg.mask_ratio > 0:
+        grid = (math.ceil(height / MASK_BLOCK), math.ceil(width / MASK_BLOCK))
+        keep = tf.cast(tf.random.stateless_uniform(grid, mask_seed) >= cfg.mask_ratio, tf.float32)
+        keep = tf.repeat(tf.repeat(keep, MASK_BLOCK, axis=0), MASK_BLOCK, axis=1)
+        x = x * keep[:height, :width, None]
+    if cfg.noise > 0:
+        scale = cfg.noise * 255.0 / tf.constant(cfg.std, tf.float32)
+        x = x + tf.random.stateless_normal(tf.shape(x), noise_seed) * scale
+    return x
+
+
+def _frame_seed(cfg: PretrainConfig, epoch: int, index: tf.Tensor) -> tf.Tensor:
+    return tf.random.experimental.stateless_fold_in(tf.constant([cfg.seed, epoch], tf.int64), index)
+
+
+def _normalize(frames: tf.Tensor, cfg: PretrainConfig) -> tf.Tensor:
+    return (tf.cast(frames, tf.float32) - tf.constant(cfg.mean, tf.float32)) / tf.constant(cfg.std, tf.float32)
+
+
+def make_pretrain_dataset(frames: np.ndarray, cfg: PretrainConfig, epoch: int) -> tf.data.Dataset:
+    """One epoch of (corrupted input, clean target) normalised batches; the same (seed, epoch), the same batches."""
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(frames))
+
+    def generate():
+        for i in order:
+            yield frames[i], i
+
+    def prepare(frame: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        flip_seed, corrupt_seed = tf.unstack(tf.random.experimental.stateless_split(_frame_seed(cfg, epoch, index), 2))
+        x = _normalize(frame, cfg)
+        x = tf.cond(tf.random.stateless_uniform([], flip_seed) < 0.5, lambda: x[:, ::-1], lambda: x)
+        return corrupt(x, corrupt_seed, cfg), x
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec([*cfg.input_size, 3], tf.uint8), tf.TensorSpec([], tf.int64)))
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(cfg.batch_size).apply(tf.data.experimental.assert_cardinality(
+        math.ceil(len(frames) / cfg.batch_size))).prefetch(tf.data.AUTOTUNE)
+
+
+def _preview_batch(frames: np.ndarray, cfg: PretrainConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """Clean and corrupted versions of up to `PREVIEW_FRAMES` frames spread over the set (fixed corruption)."""
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(PREVIEW_FRAMES, len(frames))).round().astype(int))
+    clean = _normalize(frames[picks], cfg)
+    inputs = [corrupt(x, _frame_seed(cfg, PREVIEW_EPOCH, int(i)), cfg) for x, i in zip(clean, picks)]
+    return clean, tf.stack(inputs)
+
+
+def _to_rgb(x: np.ndarray, cfg: PretrainConfig) -> np.ndarray:
+    return np.clip(np.rint(x * np.asarray(cfg.std) + np.asarray(cfg.mean)), 0, 255).astype(np.uint8)
+
+
+def save_reconstruction_grid(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """A PNG with one row per frame and one titled column per entry of `columns` (N x H x W x 3 uint8)."""
+    from matplotlib.figure import Figure
+
+    titles, stacks = list(columns), list(columns.values())
+    rows, (height, width) = len(stacks[0]), stacks[0].shape[1:3]
+    fig = Figure(figsize=(3.2 * len(titles), 3.2 * rows * height / width + 0.4), layout="constrained")
+    axes = fig.subplots(rows, len(titles), squeeze=False)
+    for r in range(rows):
+        for c, (title, stack) in enumerate(zip(titles, stacks)):
+            axes[r][c].imshow(stack[r])
+            axes[r][c].set_axis_off()
+            if r == 0:
+                axes[r][c].set_title(title)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def pretrain(cfg: PretrainConfig, run_dir: Path, frames: np.ndarray,
+             on_epoch: Callable[[int, dict], None] | None = None) -> PretrainResult:
+    """Train `cfg.model`'s autoencoder on `frames` (N x H x W x 3 uint8 at `cfg.input_size`) into `run_dir`.
+
+    Writes `history.csv` after each epoch, then `reconstructions.png`, `encoder.weights.h5` and `encoder.json`.
+    """
+    cfg.check()
+    run_dir = Path(run_dir)
+    if (run_dir / ENCODER_INFO).exists():
+        raise EdgesegError(f"{run_dir}: already holds a pretrained encoder")
+    if frames.shape[1:] != (*cfg.input_size, 3):
+        raise EdgesegError(f"{cfg.images}: frames are {frames.shape[1:]}, expected {(*cfg.input_size, 3)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    steps = math.ceil(len(frames) / cfg.batch_size)
+    model, encoder = build_autoencoder(cfg.model, cfg.input_size)
+    model.compile(optimizer=cosine_adam(cfg.learning_rate, cfg.epochs * steps), loss=LOSSES[cfg.loss])
+    clean, inputs = _preview_batch(frames, cfg)
+    scale = np.asarray(cfg.std, np.float32)
+
+    def preview_error() -> float:
+        return float(np.mean(np.abs(model(inputs, training=False).numpy() - clean.numpy()) * scale))
+
+    initial = error = preview_error()
+    started = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        fit = model.fit(make_pretrain_dataset(frames, cfg, epoch), initial_epoch=epoch, epochs=epoch + 1, verbose=0)
+        error = preview_error()
+        row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6), "preview_error": round(error, 4)}
+        append_history(run_dir, row)
+        if on_epoch:
+            on_epoch(epoch, row)
+    seconds = time.perf_counter() - started
+    save_reconstruction_grid(run_dir / RECONSTRUCTIONS, {
+        "original": _to_rgb(clean.numpy(), cfg), "input": _to_rgb(inputs.numpy(), cfg),
+        "reconstruction": _to_rgb(model(inputs, training=False).numpy(), cfg)})
+    save_encoder(encoder, run_dir, {**asdict(cfg), "frames": len(frames), "seconds": round(seconds, 1),
+                                    "reconstruction_error": {"initial": round(initial, 4), "final": round(error, 4)}})
+    return PretrainResult(run_dir, len(frames), cfg.epochs, initial, error, seconds)
