@@ -198,4 +198,8 @@ def staging_dir(dest: Path) -> Path:
     """A fresh temporary folder beside `dest` (same filesystem, so the final rename is atomic)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    path = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is read by whoever deploys it
+    return path

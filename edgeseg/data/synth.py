@@ -133,7 +133,6 @@ def generate_synthetic(out: Path, num: int = 64, size: tuple[int, int] = (96, 12
     digits = max(4, len(str(num - 1)))
     staging = staging_dir(out)
     try:
-        os.chmod(staging, 0o755)
         for split in ("train", "trainannot", "val", "valannot"):
             (staging / split).mkdir()
         for i in range(num):
