@@ -61,6 +61,11 @@ class Channel:
                 self._items.append(item)
                 self._cond.notify_all()
 
+    def wait_for_room(self) -> None:
+        """Wait until `put` would not block (so a frame is read only when it can move on at once)."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._items) < self._maxsize or self._aborted)
+
     def get(self) -> Any:
         with self._cond:
             self._cond.wait_for(lambda: self._items or self._closed or self._aborted)
@@ -89,7 +94,7 @@ class Pipeline:
 
     def __init__(self, segmenter: Segmenter, source: Source, sink: Sink, *, renderer: Renderer | None = None,
                  stats: Stats | None = None, text: bool = True, max_frames: int | None = None,
-                 sequential: bool = False, queue_size: int = 2):
+                 sequential: bool = False, queue_size: int = 1):
         self.segmenter = segmenter
         self.source = source
         self.sink = sink
@@ -213,7 +218,7 @@ class Pipeline:
     def _loop(self, group: list[tuple[str, Stage]], inp: Channel | None, out: Channel | None) -> None:
         """Run `group` on every frame from `inp` (from the source if None) and pass it on to `out`
         (the sink has been written to if None)."""
-        while (item := inp.get() if inp is not None else self._captured()) is not None:
+        while (item := inp.get() if inp is not None else self._captured(out)) is not None:
             frame, data = item
             for name, stage in group:
                 data = self._timed(name, stage, frame, data)
@@ -222,7 +227,11 @@ class Pipeline:
             else:
                 out.put((frame, data))
 
-    def _captured(self) -> tuple[Frame, None] | None:
+    def _captured(self, out: Channel | None) -> tuple[Frame, None] | None:
+        """The next frame; from a file, read only once the next stage has room for it, so that its
+        capture timestamp is not taken while it would wait behind a full queue."""
+        if out is not None and not self.source.live:
+            out.wait_for_room()
         frame = self._capture()
         return None if frame is None else (frame, None)
 
