@@ -63,7 +63,7 @@ def _stage_train(opts: BuildOptions, data: Path, log: Log) -> Path:
     resume = (run_dir / STATE).is_file()
     spec = open_dataset(data, "train")
     cfg = RunConfig(model=opts.model, classes=spec.classes, palette=spec.palette, input_size=opts.input_size,
-                    data=str(data), data_format=spec.format, seed=opts.seed, epochs=opts.epochs,
+                    data=str(Path(data).resolve()), data_format=spec.format, seed=opts.seed, epochs=opts.epochs,
                     batch_size=opts.batch_size)
     log(f"train: {'resuming' if resume else 'training'} {opts.model} for {opts.epochs} epochs on {data}")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,8 @@ def train(
         data = default_data(data, typer.echo)
         spec = open_dataset(data, "train", data_format)
         cfg = RunConfig(model=model, classes=spec.classes, palette=spec.palette, input_size=parse_size(input_size),
-                        data=str(data), data_format=spec.format, seed=seed, epochs=epochs, batch_size=batch_size,
+                        data=str(Path(data).resolve()), data_format=spec.format, seed=seed, epochs=epochs,
+                        batch_size=batch_size,
                         learning_rate=learning_rate, class_weighting=class_weighting,
                         init_from=str(init_from) if init_from else None,
                         freeze_encoder_epochs=freeze_encoder_epochs, labels_fraction=labels_fraction)
