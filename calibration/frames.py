@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ..data.readers import DatasetSpec, load_sample, validate
@@ -41,3 +42,18 @@ def choose_calibration(
     per_class = {c: int((hist[chosen, k] > 0).sum()) for k, c in enumerate(classes)}
     calib = CalibrationSet(str(spec.root), files, content_hash(Path(spec.root), files), per_class)
     return calib, [resize_rgb(pairs[i][0], height, width) for i in chosen]
+
+
+def frames_from_record(record: dict, input_size: tuple[int, int]) -> list[np.ndarray]:
+    """The frames of a bundle's calibration record (root + files), resized as at export."""
+    root = Path(record.get("root", ""))
+    frames = []
+    for name in record.get("files", []):
+        path = root / name
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+        if image is None:
+            raise EdgesegError(f"{path}: calibration image not found or unreadable (give --calib-data DIR)")
+        frames.append(resize_rgb(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), *input_size))
+    if not frames:
+        raise EdgesegError("the bundle records no calibration images (give --calib-data DIR)")
+    return frames

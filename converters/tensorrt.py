@@ -242,24 +242,31 @@ def compile_bundle(
     workspace_mb: int = 1024,
     dla_core: int | None = None,
     make_default: bool = True,
+    calibrator: str | None = None,
+    calib_frames: Sequence[np.ndarray] = (),
     log: Log = print,
 ) -> Artifact:
     """Build a TensorRT engine from a bundle's ONNX artifact and add it to the bundle.
 
-    INT8 builds from the Q/DQ ONNX, FP16/FP32 from the fp32 one. The engine, its sidecar and
+    INT8 builds from the Q/DQ ONNX, FP16/FP32 from the fp32 one; with `calibrator` (TensorRT < 11),
+    INT8 builds from the fp32 ONNX by implicit calibration over `calib_frames`, its cache kept in the
+    bundle as `tensorrt-<calibrator>.calib.cache`. The engine, its sidecar and
     timing cache go into a copy of the bundle that replaces it with a rewritten manifest (atomic).
     The new artifact is named `tensorrt-<precision>[-dla<N>]` and becomes the default unless not
     `make_default`.
     """
     bundle = Path(bundle_dir)
     manifest = read_manifest(bundle)
-    source = _onnx_artifact(bundle, manifest.artifacts, precision)
-    name = f"tensorrt-{precision}" + (f"-dla{dla_core}" if dla_core is not None else "")
+    source = _onnx_artifact(bundle, manifest.artifacts, "fp32" if calibrator else precision)
+    name = f"tensorrt-{precision}" + (f"-{calibrator}" if calibrator else "") + (
+        f"-dla{dla_core}" if dla_core is not None else "")
     staging = staging_dir(bundle)
     try:
         shutil.copytree(bundle, staging, dirs_exist_ok=True)
         engine = f"{name}.engine"
         built = build_engine(bundle / source.file, staging / engine, precision, workspace_mb, dla_core,
+                             calibrator=calibrator, calib_frames=calib_frames,
+                             calib_cache=staging / f"tensorrt-{calibrator}.calib.cache" if calibrator else None,
                              log=log)
         artifact = Artifact(file=engine, backend="tensorrt", precision=precision, input=source.input,
                             output=source.output, extra={"source": source.file, **built})

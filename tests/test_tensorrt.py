@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,28 @@ def test_engine_moved_to_another_target_is_refused(gpu_bundle, tmp_path):
     manifest = read_manifest(copy, verify=False)  # the sidecar no longer matches its checksum
     with pytest.raises(EdgesegError, match="rebuild with `edgeseg compile"):
         TensorRTRunner(copy, manifest, manifest.artifacts["tensorrt-int8"]).activate()
+
+
+def test_compile_with_calibrator_reads_the_recorded_calibration_set(tmp_path: Path, tiny_run: Path,
+                                                                     synth_data: Path) -> None:
+    """`edgeseg compile --calibrator` loads the bundle's calibration images, then needs TensorRT."""
+    import os
+    import subprocess
+    import sys
+
+    from edgeseg.export import ExportOptions, export_bundle
+
+    bundle = tmp_path / "jetson"
+    export_bundle(tiny_run, bundle, ExportOptions(num_calib=8), "jetson", log=lambda _: None)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, "-m", "edgeseg.cli.app", "compile", str(bundle), "--calibrator", "entropy"]
+    recorded = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    chosen = subprocess.run([*cmd, "--calib-data", str(synth_data)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    for out in (recorded, chosen):  # calibration frames load; what is missing is TensorRT itself
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines()[-1] == (
+            "error: TensorRT is not installed (JetPack ships it; elsewhere: pip install tensorrt)")
+    missing = subprocess.run([*cmd, "--calib-data", str(tmp_path / "nowhere")], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "nowhere" in missing.stderr.strip().splitlines()[-1]

@@ -26,9 +26,32 @@ def compile_cmd(
     precision: str = typer.Option("int8", "--precision", help="int8 (from the Q/DQ ONNX) | fp16 | fp32."),
     workspace_mb: int = typer.Option(1024, "--workspace-mb", help="Builder workspace limit."),
     dla: Optional[int] = typer.Option(None, "--dla", help="DLA core (Xavier, AGX Orin); GPU fallback."),
+    calibrator: Optional[str] = typer.Option(
+        None, "--calibrator", help="TensorRT < 11: entropy | minmax implicit INT8 calibration of the fp32 ONNX."),
+    calib_data: Optional[Path] = typer.Option(
+        None, "--calib-data", help="With --calibrator: calibration data (default: the images the bundle records)."),
+    num_calib: int = typer.Option(200, "--num-calib", help="With --calib-data: how many images."),
 ) -> None:
     """Build a TensorRT engine on this device and add it to the bundle (the new default artifact)."""
     from ..converters.tensorrt import compile_bundle
 
-    artifact = compile_bundle(bundle, precision, workspace_mb, dla, log=typer.echo)
+    frames: list = []
+    if calibrator is not None:
+        frames = _calibration_frames(bundle, calib_data, num_calib)
+    artifact = compile_bundle(bundle, precision, workspace_mb, dla, calibrator=calibrator, calib_frames=frames,
+                              log=typer.echo)
     typer.echo(f"built {bundle / artifact.file} ({precision}); the bundle's default artifact is now this engine")
+
+
+def _calibration_frames(bundle: Path, calib_data: Optional[Path], num_calib: int) -> list:
+    """The same calibration set as the Q/DQ export: the bundle's recorded images, or a fresh choice."""
+    from ..calibration.frames import choose_calibration, frames_from_record
+    from ..data.readers import open_dataset
+    from ..runtime.manifest import read_manifest
+
+    manifest = read_manifest(bundle)
+    spec = manifest.artifact("fp32").input
+    size = (spec.height, spec.width)
+    if calib_data is None:
+        return frames_from_record(manifest.calibration, size)
+    return choose_calibration(open_dataset(calib_data, "train"), num_calib, manifest.classes, size)[1]
