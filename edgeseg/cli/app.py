@@ -35,10 +35,32 @@ def _root(
 commands.register(app)
 
 
+#: Commands that import TensorFlow (the others run on a device with the runtime alone).
+TF_COMMANDS = {"train", "export", "eval", "build", "bench", "pretrain"}
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with stderr closed: its C++ start-up lines (absl, oneDNN) ignore
+    TF_CPP_MIN_LOG_LEVEL and would turn one-line errors into several lines."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            except ImportError:
+                pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(tensorflow|keras)\.")
+    if len(sys.argv) > 1 and sys.argv[1] in TF_COMMANDS and "--help" not in sys.argv:
+        _import_tensorflow_quietly()
     try:
         app()
     except EdgesegError as exc:
