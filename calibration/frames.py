@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..data.readers import DatasetSpec, load_sample, validate
+from ..data.readers import DatasetSpec, load_valid
 from ..runtime.errors import EdgesegError
 from ..runtime.preprocess import resize_rgb
 from .select import CalibrationSet, class_histograms, content_hash, stratified_order
@@ -23,11 +23,10 @@ def choose_calibration(
     if spec.classes != classes:
         raise EdgesegError(
             f"{spec.root}: calibration data classes {spec.classes} do not match the model's {classes}")
-    samples, _ = validate(spec, skip_bad=False)
+    samples, pairs, _ = load_valid(spec, skip_bad=False)
     if len(samples) < MIN_CALIB_IMAGES or num < MIN_CALIB_IMAGES:
         raise EdgesegError(f"{spec.root}: too few calibration images ({min(len(samples), num)}; "
                            f"at least {MIN_CALIB_IMAGES} needed)")
-    pairs = [load_sample(spec, s) for s in samples]
     names = [str(s.image.relative_to(spec.root)) for s in samples]
     hist = class_histograms([m for _, m in pairs], len(classes))
     chosen = stratified_order(hist, names)[:num]

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from .data.pipeline import class_weights, make_dataset
-from .data.readers import DatasetSpec, load_sample, open_dataset, validate
+from .data.readers import DatasetSpec, load_valid, open_dataset
 from .encoder import init_encoder, set_encoder_trainable
 from .evaluate import evaluate_arrays
 from .model import build_model
@@ -72,8 +72,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 def load_split(spec: DatasetSpec, skip_bad: bool) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
     """Every good sample of a split as (RGB, labels) arrays, and how many bad ones were skipped."""
-    samples, errors = validate(spec, skip_bad)
-    return [load_sample(spec, s) for s in samples], len(errors)
+    _, pairs, errors = load_valid(spec, skip_bad)
+    return pairs, len(errors)
 
 
 def labeled_subset(items: list, fraction: float, seed: int) -> list:

@@ -6,6 +6,7 @@ dataset's void value mapped to `IGNORE_INDEX`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,22 +247,39 @@ def _require_samples(spec: DatasetSpec, samples: list[Sample]) -> None:
         raise DataError(f"{spec.root}: split {spec.split!r} has no samples")
 
 
-def validate(spec: DatasetSpec, skip_bad: bool = False) -> tuple[list[Sample], list[str]]:
-    """Load every sample; return the good ones and, with `skip_bad`, the messages of the bad ones."""
+def _checked(spec: DatasetSpec, skip_bad: bool,
+             errors: list[str]) -> Iterator[tuple[Sample, tuple[np.ndarray, np.ndarray]]]:
+    """Each good sample with its arrays, each loaded once; bad ones raise, or with `skip_bad` go to `errors`."""
     _require_samples(spec, spec.samples)
-    good, errors = [], []
     for sample in spec.samples:
         try:
-            load_sample(spec, sample)
+            yield sample, load_sample(spec, sample)
         except DataError as exc:
             if not skip_bad:
                 raise
             errors.append(str(exc))
-        else:
-            good.append(sample)
+
+
+def _require_usable(spec: DatasetSpec, good: list, errors: list[str]) -> None:
     if not good:
         raise DataError(f"{spec.root}: split {spec.split!r} has no usable samples (first error: {errors[0]})")
+
+
+def validate(spec: DatasetSpec, skip_bad: bool = False) -> tuple[list[Sample], list[str]]:
+    """Load every sample; return the good ones and, with `skip_bad`, the messages of the bad ones."""
+    errors: list[str] = []
+    good = [sample for sample, _ in _checked(spec, skip_bad, errors)]
+    _require_usable(spec, good, errors)
     return good, errors
+
+
+def load_valid(spec: DatasetSpec, skip_bad: bool = False
+               ) -> tuple[list[Sample], list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """`validate`, keeping what it loaded: the good samples, their (RGB, labels) arrays, the bad ones' messages."""
+    errors: list[str] = []
+    checked = list(_checked(spec, skip_bad, errors))
+    _require_usable(spec, checked, errors)
+    return [sample for sample, _ in checked], [pair for _, pair in checked], errors
 
 
 def load_all(spec: DatasetSpec, samples: list[Sample] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
