@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 
-def cache_key(weights: list[np.ndarray], input_size: tuple[int, int], output_kind: str, calib_sha: str) -> str:
-    """Changes whenever the model, its input size, its output or the calibration images change."""
-    digest = hashlib.sha256(f"{input_size}|{output_kind}|{calib_sha}".encode())
+def cache_key(weights: list[np.ndarray], input_size: tuple[int, int], variant: str, calib_sha: str) -> str:
+    """Changes whenever the model, its input size, its `variant` (output kind and whatever else shapes the
+    converted graph) or the calibration images change."""
+    digest = hashlib.sha256(f"{input_size}|{variant}|{calib_sha}".encode())
     for w in weights:
         digest.update(np.ascontiguousarray(w).tobytes())
     return digest.hexdigest()[:24]

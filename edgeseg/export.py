@@ -85,21 +85,24 @@ def tflite_artifact(file: str, precision: str, output: str, size: tuple[int, int
     )
 
 
-def _calibration_set(cfg: RunConfig, opts: ExportOptions) -> tuple[CalibrationSet, list[np.ndarray]]:
+def _calibrated(run_dir: Path, deploy, cfg: RunConfig, opts: ExportOptions, kind: str, variant: str,
+                compute: Callable[[list[np.ndarray]], bytes], result: ExportResult,
+                log: Progress) -> tuple[CalibrationSet, list[np.ndarray], bytes]:
+    """The calibration set, its frames and `compute(frames)` (activation ranges), from the run's cache when
+    the same model, `variant` (what else shapes the graph) and images were calibrated before."""
     spec = open_dataset(opts.calib_data or cfg.data, "train", None if opts.calib_data else cfg.data_format)
-    return choose_calibration(spec, opts.num_calib, cfg.classes, cfg.input_size)
-
-
-def _cached(cache: CalibrationCache, key: str, what: str, compute: Callable[[], bytes],
-            log: Progress) -> tuple[bytes, bool]:
-    """The cache entry `key`, computed (and stored) on a miss; and whether it was a hit."""
-    hit = cache.get(key, what)
-    if hit is not None:
-        log(f"calibration: reusing cached ranges ({cache.path(key, what).name})")
-        return hit, True
-    value = compute()
-    cache.put(key, what, value)
-    return value, False
+    calib, frames = choose_calibration(spec, opts.num_calib, cfg.classes, cfg.input_size)
+    log(f"calibration: {len(frames)} images from {calib.root}")
+    cache = CalibrationCache(run_dir / "calibration")
+    key = cache_key(deploy.get_weights(), cfg.input_size, variant, calib.sha256)
+    ranges = cache.get(key, kind)
+    result.calibration_cached = ranges is not None
+    if ranges is not None:
+        log(f"calibration: reusing cached ranges ({cache.path(key, kind).name})")
+    else:
+        ranges = compute(frames)
+        cache.put(key, kind, ranges)
+    return calib, frames, ranges
 
 
 def _eval_pairs(cfg: RunConfig, opts: ExportOptions) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -195,11 +198,8 @@ def _convert_cpu(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: Exp
                                                  cfg.input_size)
     if opts.precision != "int8":
         return
-    calib, frames = _calibration_set(cfg, opts)
-    log(f"calibration: {len(frames)} images from {calib.root}")
-    key = cache_key(deploy.get_weights(), cfg.input_size, opts.output, calib.sha256)
-    calibrated, result.calibration_cached = _cached(
-        CalibrationCache(run_dir / "calibration"), key, "tflite", lambda: tflite.calibrate(deploy, frames), log)
+    calib, frames, calibrated = _calibrated(run_dir, deploy, cfg, opts, "tflite", opts.output,
+                                            lambda frames: tflite.calibrate(deploy, frames), result, log)
     log("convert: TFLite int8 (full integer)")
     int8 = tflite.quantize(calibrated, opts.output, opts.float_layers, opts.float_ops)
     report = tflite.inspect_tflite(int8)
@@ -224,24 +224,21 @@ def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: 
     """ONNX: fp32 (static shape, NCHW by default) and the Q/DQ INT8 model TensorRT consumes."""
     from .converters import onnx as onnx_export
     from .converters import onnx_qdq
-    from .converters.trt_conformance import ensure_conformant
 
     artifacts = result.manifest.artifacts
     log(f"convert: ONNX fp32 (opset {opts.opset}, {opts.layout.upper()}, batch {opts.batch})")
     artifacts["fp32"] = onnx_export.export_onnx(deploy, staging / "model_fp32.onnx", opset=opts.opset,
                                                 layout=opts.layout, batch=opts.batch)
-    artifacts["fp32"].file = "model_fp32.onnx"
     if opts.precision != "int8":
         return
     method = opts.calib_method or ("auto" if pairs is not None else "entropy")
     if method == "auto" and pairs is None:
         raise EdgesegError("--calib-method auto scores each method on the evaluation images: give --eval-data")
-    calib, frames = _calibration_set(cfg, opts)
-    log(f"calibration: {len(frames)} images from {calib.root}")
-    key = cache_key(deploy.get_weights(), cfg.input_size, opts.output, calib.sha256)
-    ranges, result.calibration_cached = _cached(
-        CalibrationCache(run_dir / "calibration"), key, "qdq",
-        lambda: json.dumps(onnx_qdq.calibrate(staging / "model_fp32.onnx", frames)).encode(), log)
+    # thresholds are keyed by the ONNX graph's tensor names, which layout, opset and batch change
+    variant = f"{opts.output}|{opts.layout}|opset{opts.opset}|batch{opts.batch}"
+    calib, frames, ranges = _calibrated(
+        run_dir, deploy, cfg, opts, "qdq", variant,
+        lambda frames: json.dumps(onnx_qdq.calibrate(staging / "model_fp32.onnx", frames)).encode(), result, log)
     score_fn = None
     if pairs is not None:
         score_fn = onnx_qdq.miou_score_fn([p[0] for p in pairs], [p[1] for p in pairs], cfg.num_classes,
@@ -249,8 +246,6 @@ def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: 
     log(f"convert: Q/DQ INT8 ONNX (calibration {method})")
     artifacts["int8"], scores = onnx_qdq.quantize_qdq(staging / "model_fp32.onnx", staging / "model_int8_qdq.onnx",
                                                       frames, method, score_fn, thresholds=json.loads(ranges))
-    artifacts["int8"].file = "model_int8_qdq.onnx"
-    ensure_conformant(staging / "model_int8_qdq.onnx")
     (staging / "calibration_ranges.json").write_bytes(ranges)
     result.manifest.calibration = {**calib.record(), "cache_file": "calibration_ranges.json",
                                    "reused_cache": result.calibration_cached,
