@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras import layers
 
 from edgeseg.converters import tflite
+from edgeseg.runtime.stats import time_calls
 
 
 def _model(shape: tuple[int, int, int], build) -> keras.Model:
@@ -48,16 +49,7 @@ def _time(model: bytes, threads: int, runs: int) -> float:
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     interp.set_tensor(inp["index"], np.random.default_rng(0).integers(0, 255, inp["shape"]).astype(inp["dtype"]))
-    import time
-
-    for _ in range(10):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interp.invoke()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+    return float(np.median(time_calls(interp.invoke, 10, runs)))
 
 
 def main() -> None:

@@ -11,8 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
+from edgeseg.bench import latency_summary
 from edgeseg.export import ExportOptions, export_cpu
 from edgeseg.runtime.backends.base import load_runner
 
@@ -36,8 +35,7 @@ def main() -> None:
         for threads in (1, 2):
             with load_runner(path, precision, threads) as runner:
                 times = runner.time_inference(warmup=20, runs=args.runs)
-            row[f"t{threads}"] = {k: round(float(v), 3) for k, v in
-                                  zip(("p50", "p90", "p99"), np.percentile(times, [50, 90, 99]))}
+            row[f"t{threads}"] = latency_summary(times)
         rows.append(row)
     (args.work / "tflite_results.json").write_text(json.dumps(rows, indent=2) + "\n")
     fp32 = rows[0]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from .evaluate import evaluate_arrays
 from .runtime.backends.base import load_runner
 from .runtime.errors import EdgesegError
 from .runtime.manifest import MANIFEST_NAME, read_manifest, resolve_bundle, shipped_bundles
+from .runtime.stats import time_calls
 
 Log = Callable[[str], None]
 
@@ -75,17 +75,15 @@ def _keras_candidate(run_dir: Path) -> Candidate:
 
     def timer(warmup: int, runs: int) -> np.ndarray:
         x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, *cfg.input_size, 3)).astype(np.float32))
-        for _ in range(warmup):
-            forward(x).numpy()
-        times = np.empty(runs)
-        for i in range(runs):
-            start = time.perf_counter()
-            forward(x).numpy()
-            times[i] = (time.perf_counter() - start) * 1000
-        return times
+        return time_calls(lambda: forward(x).numpy(), warmup, runs)
 
     return Candidate(f"{run_dir.name}:keras", "Keras", "fp32", run_dir / "model.keras",
                      keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), timer, cfg.classes)
+
+
+def latency_summary(times: np.ndarray) -> dict[str, float]:
+    """p50/p90/p99 of model-only latencies in ms."""
+    return {k: round(float(v), 3) for k, v in zip(("p50", "p90", "p99"), np.percentile(times, [50, 90, 99]))}
 
 
 def candidates(targets: Sequence[str], threads: int | None) -> Iterable[Candidate | BenchRow]:
@@ -115,10 +113,8 @@ def bench(targets: Sequence[str], pairs: list[tuple[np.ndarray, np.ndarray]] | N
             if pairs is not None:
                 scores = evaluate_arrays(cand.predict, pairs, cand.classes)
                 row.miou, row.per_class_iou = scores.miou, scores.per_class_iou
-            times = cand.timer(warmup, runs)
-            p50, p90, p99 = np.percentile(times, [50, 90, 99])
-            row.latency_ms = {"p50": round(float(p50), 3), "p90": round(float(p90), 3), "p99": round(float(p99), 3)}
-            row.fps = round(1000.0 / float(p50), 1)
+            row.latency_ms = latency_summary(cand.timer(warmup, runs))
+            row.fps = round(1000.0 / row.latency_ms["p50"], 1)
         finally:
             cand.close()
         log(f"{row.name}: mIoU {'-' if row.miou is None else f'{row.miou * 100:.2f}'}, p50 {row.latency_ms['p50']} ms")

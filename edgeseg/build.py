@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from .bench import latency_summary
 from .data.readers import open_dataset
 from .data.synth import generate_synthetic
 from .export import ExportOptions, export_bundle
@@ -75,10 +74,8 @@ def _stage_train(opts: BuildOptions, data: Path, log: Log) -> Path:
 
 def latency_ms(bundle: Path, artifact: str, threads: int | None) -> dict[str, float]:
     with load_runner(bundle, artifact, threads) as runner:
-        times = runner.time_inference(warmup=10, runs=50)
-    p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    return {"p50": round(float(p50), 3), "p90": round(float(p90), 3), "p99": round(float(p99), 3),
-            "fps": round(1000.0 / float(p50), 1)}
+        summary = latency_summary(runner.time_inference(warmup=10, runs=50))
+    return {**summary, "fps": round(1000.0 / summary["p50"], 1)}
 
 
 def write_report(bundle: Path, threads: int | None) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
@@ -24,6 +25,18 @@ def percentiles(samples: Any) -> dict[str, float]:
     p50, p90, p99 = np.percentile(arr, (50, 90, 99))
     return {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
             "p99_ms": round(float(p99), 3), "mean_ms": round(float(arr.mean()), 3)}
+
+
+def time_calls(call: Callable[[], object], warmup: int, runs: int) -> np.ndarray:
+    """Milliseconds of each of `runs` calls of `call`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        call()
+        times[i] = (time.perf_counter() - start) * 1000.0
+    return times
 
 
 def _tail(series: deque[float], n: int) -> list[float]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import abc
 import importlib
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from ..errors import EdgesegError
 from ..manifest import Artifact, Manifest, read_manifest, resolve_bundle
 from ..preprocess import labels_from_output, resize_labels, to_model_input
+from ..stats import time_calls
 
 #: backend name -> "module:Class", imported only when asked for.
 BACKENDS = {
@@ -90,14 +90,7 @@ class Runner(abc.ABC):
         shape = (spec.batch, 3, spec.height, spec.width) if spec.layout == "NCHW" else (
             spec.batch, spec.height, spec.width, 3)
         batch = np.random.default_rng(0).integers(0, 256, shape).astype(spec.dtype)
-        for _ in range(warmup):
-            self.infer(batch)
-        times = np.empty(runs)
-        for i in range(runs):
-            start = time.perf_counter()
-            self.infer(batch)
-            times[i] = (time.perf_counter() - start) * 1000.0
-        return times
+        return time_calls(lambda: self.infer(batch), warmup, runs)
 
 
 def load_runner(bundle: str | Path, artifact: str | None = None, threads: int | None = None) -> Runner:
