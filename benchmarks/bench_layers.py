@@ -1,9 +1,10 @@
 """Which layers INT8 speeds up, and the CPU's int8 multiply-accumulate rate.
 
 Usage: python benchmarks/bench_layers.py [--threads 2] [--runs 100]
-Times single-layer TFLite models (fp32 and full-integer INT8, XNNPACK) at the shapes fcn-small has at
-480x360: the stem conv, a depthwise 3x3, a pointwise 1x1, a decoder ConvTranspose, the stride-8
-ConvTranspose to full resolution and a skip Add. A large 1x1 conv (256 -> 256 channels at 64x64) gives
+Times single-layer TFLite models (fp32 and full-integer INT8, XNNPACK) at the shapes the compact FCNs
+have at 480x360: the stem conv, a depthwise 3x3, a pointwise 1x1, a plain 3x3 conv at stride 16
+(fcn-medium), the decoder ConvTransposes, the stride-8 and stride-4 ConvTransposes to full resolution
+and a skip Add. A large 1x1 conv (256 -> 256 channels at 64x64) gives
 the sustained int8 MAC rate, the machine's limit for `MACs / rate`. Prints a markdown table.
 """
 from __future__ import annotations
@@ -28,12 +29,13 @@ CASES = {
     "stem conv 3x3 s2 (360x480x3 -> 16)": ((360, 480, 3), lambda x: layers.Conv2D(16, 3, 2, "same")(x)),
     "depthwise 3x3 (90x120x32)": ((90, 120, 32), lambda x: layers.DepthwiseConv2D(3, 1, "same")(x)),
     "pointwise 1x1 (90x120, 32 -> 48)": ((90, 120, 32), lambda x: layers.Conv2D(48, 1)(x)),
+    "conv 3x3 (23x30, 96 -> 96)": ((23, 30, 96), lambda x: layers.Conv2D(96, 3, 1, "same")(x)),
     "ConvTranspose 4x4 s2 (23x30x64 -> 64)": ((23, 30, 64), lambda x: layers.Conv2DTranspose(64, 4, 2, "same")(x)),
     "ConvTranspose 16x16 s8 (45x60x11 -> 11)": ((45, 60, 11),
                                                 lambda x: layers.Conv2DTranspose(11, 16, 8, "same")(x)),
     "ConvTranspose 8x8 s8 (45x60x11 -> 11)": ((45, 60, 11), lambda x: layers.Conv2DTranspose(11, 8, 8, "same")(x)),
     "bilinear resize x8 (45x60x11)": ((45, 60, 11), lambda x: layers.UpSampling2D(8, interpolation="bilinear")(x)),
-    "ConvTranspose 4x4 s2 (45x60x32 -> 32)": ((45, 60, 32), lambda x: layers.Conv2DTranspose(32, 4, 2, "same")(x)),
+    "ConvTranspose 4x4 s2 (45x60x64 -> 32)": ((45, 60, 64), lambda x: layers.Conv2DTranspose(32, 4, 2, "same")(x)),
     "ConvTranspose 8x8 s4 (90x120x11 -> 11)": ((90, 120, 11), lambda x: layers.Conv2DTranspose(11, 8, 4, "same")(x)),
     "ConvTranspose 4x4 s4 (90x120x11 -> 11)": ((90, 120, 11), lambda x: layers.Conv2DTranspose(11, 4, 4, "same")(x)),
     "skip Add (45x60x64)": ((45, 60, 64), lambda x: layers.Add()([x, layers.ReLU()(x)])),

@@ -1,10 +1,13 @@
 """The compact FCN family (Keras functional API).
 
-Encoder: a strided stem and four downsampling stages of depthwise-separable residual blocks.
+Encoder: a strided stem and four downsampling stages of residual blocks, depthwise-separable or plain
+3x3 convolutions per stage (plain convolutions carry more weights per output channel, so their
+per-channel INT8 scales cost less file size, and XNNPACK runs them near the int8 MAC rate).
 Decoder: FCN-8s style. Features at stride 32 are upsampled by 2 with `Conv2DTranspose` and summed
-with projected stride-16 encoder features, again to stride 8, then a 1x1 classifier and a stride-8
-`Conv2DTranspose` (initialised bilinear) back to full resolution. No dense layers; only ops that
-quantize cleanly to full INT8 (Conv, DepthwiseConv, ConvTranspose, Add, ReLU, BN folded at export).
+with projected stride-16 encoder features, again to stride 8 (and, with a third decoder width, to
+stride 4, which keeps poles and signs), then a 1x1 classifier and a `Conv2DTranspose` (initialised
+bilinear) back to full resolution. No dense layers; only ops that quantize cleanly to full INT8
+(Conv, DepthwiseConv, ConvTranspose, Add, ReLU, BN folded at export).
 
 Any input size: sizes not divisible by the stride are padded inside the model and the logits are
 cropped back. With a static size the padding is static (what export uses); with `None` it is computed.
@@ -34,13 +37,18 @@ class FCNConfig:
     stem: int
     widths: tuple[int, int, int, int]  # stages at stride 4, 8, 16, 32
     depths: tuple[int, int, int, int]  # residual blocks after each downsampling block
-    decoder: int
+    decoder: tuple[int, ...]  # decoder widths at strides 16, 8 (and 4): one skip each
+    blocks: tuple[str, str, str, str] = ("separable",) * 4  # per stage: "separable" or "conv" (3x3)
 
 
 COMPACT_MODELS = {
-    "fcn-tiny": FCNConfig(stem=16, widths=(24, 32, 64, 96), depths=(0, 1, 1, 1), decoder=32),
-    "fcn-small": FCNConfig(stem=16, widths=(32, 48, 96, 160), depths=(1, 2, 3, 2), decoder=64),
+    "fcn-tiny": FCNConfig(stem=16, widths=(24, 32, 64, 96), depths=(0, 1, 1, 1), decoder=(32, 32)),
+    "fcn-small": FCNConfig(stem=16, widths=(32, 48, 96, 160), depths=(1, 2, 3, 2), decoder=(64, 64)),
+    "fcn-medium": FCNConfig(stem=16, widths=(32, 48, 96, 160), depths=(1, 2, 3, 1), decoder=(64, 64, 32),
+                            blocks=("separable", "separable", "conv", "conv")),
 }
+#: The VGG16 FCN-8s decoder.
+FCN8S_DECODER = (256, 256)
 MODEL_NAMES = (*COMPACT_MODELS, "fcn8s")
 
 
@@ -97,22 +105,35 @@ def _separable(x, filters: int, stride: int, name: str, residual: bool):
     return layers.ReLU(name=f"{name}_relu")(y)
 
 
+def _conv3x3(x, filters: int, stride: int, name: str, residual: bool):
+    """3x3 conv + BN, identity sum when `residual`, then ReLU (more weights per channel, int8-friendly)."""
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(y)
+    if residual:
+        y = layers.Add(name=f"{name}_add")([x, y])
+    return layers.ReLU(name=f"{name}_relu")(y)
+
+
+BLOCKS = {"separable": _separable, "conv": _conv3x3}
+
+
 def _compact_encoder(x, cfg: FCNConfig) -> list:
-    """Features at strides 8, 16 and 32."""
+    """Features at strides 4, 8, 16 and 32."""
     x = _conv_bn_relu(x, cfg.stem, 3, 2, "stem")
     feats = []
-    for s, (width, depth) in enumerate(zip(cfg.widths, cfg.depths), start=1):
-        x = _separable(x, width, 2, f"enc{s}_down", residual=False)
+    for s, (width, depth, kind) in enumerate(zip(cfg.widths, cfg.depths, cfg.blocks), start=1):
+        block = BLOCKS[kind]
+        x = block(x, width, 2, f"enc{s}_down", residual=False)
         for b in range(depth):
-            x = _separable(x, width, 1, f"enc{s}_block{b}", residual=True)
+            x = block(x, width, 1, f"enc{s}_block{b}", residual=True)
         feats.append(x)
-    return feats[1:]
+    return feats
 
 
 def vgg16_encoder(x) -> tuple[list, list[layers.Layer]]:
-    """VGG16 conv blocks (no top): pool3, pool4, pool5 features and the encoder's layers."""
+    """VGG16 conv blocks (no top): pool2 to pool5 features and the encoder's layers."""
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_tensor=x)
-    names = ("block3_pool", "block4_pool", "block5_pool")
+    names = ("block2_pool", "block3_pool", "block4_pool", "block5_pool")
     return [vgg.get_layer(n).output for n in names], vgg.layers[1:]
 
 
@@ -128,11 +149,13 @@ def _bilinear_kernel(size: int, channels: int) -> np.ndarray:
     return kernel
 
 
-def _fcn8s_decoder(feats: list, num_classes: int, width: int):
-    """Stride-32 features up x2 + stride-16 skip, up x2 + stride-8 skip, classify, up x8."""
-    f8, f16, f32 = feats
-    x = _conv_bn_relu(f32, width, 1, 1, "dec32")
-    for stride, skip in ((16, f16), (8, f8)):
+def _fcn_decoder(feats: list, num_classes: int, widths: tuple[int, ...]):
+    """Stride-32 features, then per width: up x2 + the projected encoder skip at that stride; classify
+    at the finest stride and upsample to the input with a bilinear-initialised `Conv2DTranspose`."""
+    x = _conv_bn_relu(feats[-1], widths[0], 1, 1, "dec32")
+    stride = STRIDE
+    for width, skip in zip(widths, reversed(feats[:-1])):
+        stride //= 2
         up = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False, name=f"dec{stride}_up")(x)
         up = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"dec{stride}_up_bn")(up)
         proj = layers.Conv2D(width, 1, use_bias=False, name=f"dec{stride}_skip")(skip)
@@ -140,9 +163,10 @@ def _fcn8s_decoder(feats: list, num_classes: int, width: int):
         x = layers.Add(name=f"dec{stride}_add")([up, proj])
         x = layers.ReLU(name=f"dec{stride}_relu")(x)
     x = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    up8 = layers.Conv2DTranspose(num_classes, 16, strides=8, padding="same", use_bias=False, name="upsample8")
-    x = up8(x)
-    up8.set_weights([_bilinear_kernel(16, num_classes)])
+    upsample = layers.Conv2DTranspose(num_classes, 2 * stride, strides=stride, padding="same", use_bias=False,
+                                      name=f"upsample{stride}")
+    x = upsample(x)
+    upsample.set_weights([_bilinear_kernel(2 * stride, num_classes)])
     return x
 
 
@@ -157,7 +181,7 @@ def build_encoder(
     backbone_weights: str | Path | None = None,
     freeze_backbone: bool = False,
 ) -> keras.Model:
-    """The encoder of `build_model(name, ...)`: normalised image -> [f8, f16, f32] (strides 8, 16, 32).
+    """The encoder of `build_model(name, ...)`: normalised image -> [f4, f8, f16, f32] (strides 4 to 32).
 
     The input is padded to a multiple of `STRIDE` (layer `pad` when needed); layer names equal those in
     the FCN, so weights transfer by name.
@@ -198,10 +222,10 @@ def build_model(
     backbone_weights: str | Path | None = None,
     freeze_backbone: bool = False,
 ) -> keras.Model:
-    """A compact FCN (`fcn-tiny`, `fcn-small`) or the VGG16 `fcn8s`, for normalised float input."""
+    """A compact FCN (`fcn-tiny`, `fcn-small`, `fcn-medium`) or the VGG16 `fcn8s`, for normalised float input."""
     encoder = build_encoder(name, input_size, backbone_weights, freeze_backbone)
-    width = 256 if name == "fcn8s" else COMPACT_MODELS[name].decoder
-    logits = _fcn8s_decoder(encoder.outputs, num_classes, width)
+    widths = FCN8S_DECODER if name == "fcn8s" else COMPACT_MODELS[name].decoder
+    logits = _fcn_decoder(encoder.outputs, num_classes, widths)
     logits = crop_to_input(logits, encoder.input, input_size)
     logits = layers.Activation("linear", dtype="float32", name="logits")(logits)
     return keras.Model(encoder.input, logits, name=name.replace("-", "_"))

@@ -22,7 +22,7 @@ from edgeseg.runtime.errors import EdgesegError
 
 NUM_CLASSES = 5
 ODD_SIZES = [(37, 53), (65, 97)]
-COMPACT = ["fcn-tiny", "fcn-small"]
+COMPACT = ["fcn-tiny", "fcn-small", "fcn-medium"]
 
 #: What a compact FCN may contain: all of it quantizes to full INT8.
 ALLOWED = (layers.InputLayer, layers.Conv2D, layers.DepthwiseConv2D, layers.Conv2DTranspose,
@@ -107,9 +107,32 @@ def test_params_and_macs_positive_and_macs_scale_with_pixels(name: str) -> None:
 
 def test_params_grow_with_model_size_and_macs_need_static_size() -> None:
     params = [count_params(_built(n, (64, 96))) for n in MODEL_NAMES]
-    assert params[0] < params[1] < params[2]  # fcn-tiny < fcn-small < fcn8s
+    assert params == sorted(params) and len(set(params)) == len(params)  # tiny < small < medium < fcn8s
     with pytest.raises(ValueError, match="static"):
         count_macs(_built("fcn-tiny"))
+
+
+@pytest.mark.parametrize(("name", "finest"), [("fcn-small", 8), ("fcn-medium", 4)])
+def test_decoder_sums_encoder_skips_down_to_its_finest_stride(name: str, finest: int) -> None:
+    model = _built(name, (64, 96))
+    for stride in (16, 8, 4):
+        has_skip = any(layer.name == f"dec{stride}_add" for layer in model.layers)
+        assert has_skip == (stride >= finest)
+    skip = model.get_layer(f"dec{finest}_skip")
+    assert skip.input.shape[1:3] == (64 // finest, 96 // finest)
+    # The last layer before the crop upsamples by the finest stride, initialised bilinear: a constant
+    # classifier output stays constant away from the borders.
+    upsample = model.get_layer(f"upsample{finest}")
+    assert upsample.strides == (finest, finest)
+    flat = keras.ops.convert_to_numpy(upsample(np.ones((1, 6, 6, NUM_CLASSES), np.float32)))
+    assert np.allclose(flat[0, finest:-finest, finest:-finest], 1.0)
+
+
+def test_medium_model_mixes_separable_and_plain_conv_stages() -> None:
+    kinds = {type(layer) for layer in _built("fcn-medium", (64, 96)).layers if layer.name.startswith("enc3_")}
+    assert layers.Conv2D in kinds and layers.DepthwiseConv2D not in kinds
+    kinds = {type(layer) for layer in _built("fcn-medium", (64, 96)).layers if layer.name.startswith("enc1_")}
+    assert layers.DepthwiseConv2D in kinds
 
 
 @pytest.fixture(scope="module")

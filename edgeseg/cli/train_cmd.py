@@ -13,7 +13,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run folder (model.keras, config.json, history.csv, logs)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: built-in synthetic)."),
     data_format: Optional[str] = typer.Option(None, "--format", help="camvid | pairs | voc (default: detect)."),
-    model: str = typer.Option("fcn-tiny", "--model", help="fcn-tiny | fcn-small | fcn8s."),
+    model: str = typer.Option("fcn-tiny", "--model", help="fcn-tiny | fcn-small | fcn-medium | fcn8s."),
     epochs: int = typer.Option(30, "--epochs"),
     batch_size: int = typer.Option(8, "--batch-size"),
     input_size: str = typer.Option("96x128", "--input-size", help="Training crop and model input HxW."),
