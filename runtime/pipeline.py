@@ -1,10 +1,13 @@
 """The real-time pipeline: capture -> preprocess -> infer -> postprocess -> render -> sink.
 
-Pipelined (default), the stages run in four threads (`THREADS`) joined by small bounded channels,
-so capture, inference, rendering and writing of different frames overlap (OpenCV and the
+Pipelined (default), the stages run in three threads (`THREADS`) joined by small bounded channels,
+so capture, inference and rendering/writing of different frames overlap (OpenCV and the
 interpreters release the GIL). For a live source every channel keeps only the newest frame: a
-stage slower than the camera drops stale frames (counted) instead of falling behind. With
-`sequential=True` the same stages run one after another in the calling thread.
+stage slower than the camera drops stale frames (counted) instead of falling behind. A file or
+folder is read just in time: the next frame is captured so that it is preprocessed when inference
+becomes free, not earlier, so it does not age in a queue (throughput stays that of inference,
+latency close to the sum of the stages). With `sequential=True` the same stages run one after
+another in the calling thread.
 
 `run()` returns when the source ends, `max_frames` are read, the sink is closed by its viewer, or
 `stop()` is called (also on SIGINT / SIGTERM): frames in flight are finished and the sink is closed,
@@ -25,11 +28,13 @@ from .render import Renderer
 from .segmenter import Segmenter
 from .sinks import Sink
 from .sources import Frame, Source
-from .stats import Stats
+from .stats import LATENCY, Stats
 
 Stage = Callable[[Frame, Any], Any]
 #: The threads of a pipelined run and the stages each runs; the first one also captures.
-THREADS = (("preprocess",), ("infer",), ("postprocess", "render"), ("sink",))
+THREADS = (("preprocess",), ("infer",), ("postprocess", "render", "sink"))
+#: Read-ahead margin of just-in-time capture: a frame reaches inference this much before it is free.
+PACING_MARGIN_MS = 0.5
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -48,6 +53,8 @@ class Channel:
         self._cond = threading.Condition()
         self._closed = False
         self._aborted = False
+        #: `time.perf_counter()` when the consumer last took an item (0 before the first).
+        self.taken_at = 0.0
 
     def put(self, item: Any) -> None:
         with self._cond:
@@ -72,6 +79,7 @@ class Channel:
             if self._aborted or not self._items:
                 return None
             item = self._items.popleft()
+            self.taken_at = time.perf_counter()
             self._cond.notify_all()
             return item
 
@@ -189,7 +197,7 @@ class Pipeline:
     def _status_text(self) -> str | None:
         if not self.text:
             return None
-        return f"{self.stats.recent_fps():.1f} FPS  {self.stats.recent_latency():.0f} ms"
+        return f"{self.stats.recent_fps():.1f} FPS  {self.stats.recent_median(LATENCY):.0f} ms"
 
     # -- the two ways of running them -------------------------------------------------------------
 
@@ -228,12 +236,21 @@ class Pipeline:
                 out.put((frame, data))
 
     def _captured(self, out: Channel | None) -> tuple[Frame, None] | None:
-        """The next frame; from a file, read only once the next stage has room for it, so that its
-        capture timestamp is not taken while it would wait behind a full queue."""
+        """The next frame; from a file, read just in time for the next thread (see `_pace`)."""
         if out is not None and not self.source.live:
             out.wait_for_room()
+            self._pace(out)
         frame = self._capture()
         return None if frame is None else (frame, None)
+
+    def _pace(self, out: Channel) -> None:
+        """Wait until reading and preprocessing a frame now ends as the next thread becomes free: it took
+        its last frame at `out.taken_at` and needs its recent median time for it."""
+        busy = sum(self.stats.recent_median(name) for name in THREADS[1])
+        lead = sum(self.stats.recent_median(name) for name in ("capture", *THREADS[0]))
+        delay = out.taken_at + (busy - lead - PACING_MARGIN_MS) / 1000.0 - time.perf_counter()
+        if delay > 0:
+            self._stop.wait(delay)
 
     def _guarded(self, group: list[tuple[str, Stage]], inp: Channel | None, out: Channel | None) -> None:
         """One pipeline thread: on an error keep it for `run()` and abort the other threads."""

@@ -103,11 +103,12 @@ class Stats:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
 
-    def recent_latency(self) -> float:
-        """Median capture-to-display latency (ms) over the last `window` frames."""
+    def recent_median(self, stage: str) -> float:
+        """Median time (ms) of `stage` (or `LATENCY`) over the last `window` samples; 0 before any."""
         with self._lock:
-            lat = _tail(self._samples.get(LATENCY, deque()), self._window)
-        return float(np.median(lat)) if lat else 0.0
+            recent = _tail(self._samples.get(stage, deque()), self._window)
+        return float(np.median(recent)) if recent else 0.0
+
 
     def _report(self, last: int | None) -> dict[str, Any]:
         with self._lock:
