@@ -61,6 +61,8 @@ class ExportResult:
     bundle: Path
     manifest: Manifest
     calibration_cached: bool = False
+    #: The run's calibration cache entry this export used or wrote.
+    calibration_cache: Path | None = None
     scores: dict[str, SegmentationScores] = field(default_factory=dict)
     quant_errors: list[tflite.LayerError] = field(default_factory=list)
 
@@ -97,6 +99,7 @@ def _calibrated(run_dir: Path, deploy, cfg: RunConfig, opts: ExportOptions, kind
     key = cache_key(deploy.get_weights(), cfg.input_size, variant, calib.sha256)
     ranges = cache.get(key, kind)
     result.calibration_cached = ranges is not None
+    result.calibration_cache = cache.path(key, kind)
     if ranges is not None:
         log(f"calibration: reusing cached ranges ({cache.path(key, kind).name})")
     else:
@@ -206,11 +209,11 @@ def _convert_cpu(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: Exp
     tflite.check_integer_only(report, opts.float_layers, opts.float_ops,
                               source=str(result.bundle / "model_int8.tflite"))
     (staging / "model_int8.tflite").write_bytes(int8)
-    (staging / "calibration.cache").write_bytes(calibrated)
     artifacts["int8"] = tflite_artifact("model_int8.tflite", "int8", opts.output, cfg.input_size)
     artifacts["int8"].extra = {"ops": report.op_counts(), "float_layers": list(opts.float_layers),
                                "float_ops": list(opts.float_ops)}
-    result.manifest.calibration = {**calib.record(), "cache_file": "calibration.cache",
+    # the cache (a float model with recorded ranges, as large as the fp32 file) stays in the run
+    result.manifest.calibration = {**calib.record(), "cache": str(result.calibration_cache),
                                    "reused_cache": result.calibration_cached}
     if opts.debug_quant:
         log("debug-quant: per-layer quantization error")
@@ -247,7 +250,8 @@ def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: 
     artifacts["int8"], scores = onnx_qdq.quantize_qdq(staging / "model_fp32.onnx", staging / "model_int8_qdq.onnx",
                                                       frames, method, score_fn, thresholds=json.loads(ranges))
     (staging / "calibration_ranges.json").write_bytes(ranges)
-    result.manifest.calibration = {**calib.record(), "cache_file": "calibration_ranges.json",
+    result.manifest.calibration = {**calib.record(), "cache": str(result.calibration_cache),
+                                   "ranges_file": "calibration_ranges.json",
                                    "reused_cache": result.calibration_cached,
                                    "method": artifacts["int8"].extra["calibration_method"],
                                    "method_scores": scores}

@@ -52,11 +52,13 @@ def test_manifest_describes_the_bundle(tiny_bundle: Path, tiny_run: Path) -> Non
     assert manifest.versions["edgeseg"] and "tensorflow" in json.dumps(manifest.versions)
     # Every file but the manifest is checksummed, the calibration record names the images used.
     on_disk = {p.name for p in tiny_bundle.iterdir()} - {MANIFEST_NAME}
-    assert set(manifest.files) == on_disk >= {"model_fp32.tflite", "model_int8.tflite", "calibration.cache"}
+    assert set(manifest.files) == on_disk == {"model_fp32.tflite", "model_int8.tflite"}
     assert all(sha256_file(tiny_bundle / f) == digest for f, digest in manifest.files.items())
     cal = manifest.calibration
     assert cal["num_images"] == len(cal["files"]) > 0 and len(cal["sha256"]) == 64
     assert all((Path(cal["root"]) / f).is_file() for f in cal["files"])
+    # the calibration cache stays in the run, not in what is deployed
+    assert Path(cal["cache"]).is_file() and Path(cal["cache"]).is_relative_to(tiny_run)
 
 
 def test_info_prints_artifacts_and_classes(tiny_bundle_logits: Path) -> None:
