@@ -66,6 +66,10 @@ def markdown(results: list[dict[str, Any]]) -> str:
         pipelined, sequential = fps[kind, "pipelined"], fps[kind, "sequential"]
         lines.append(f"- {kind}: pipelined {pipelined:.1f} FPS vs sequential {sequential:.1f} FPS "
                      f"(x{pipelined / sequential:.2f})")
+    for r in results:
+        limit = 2 * 1000.0 / r["fps"]
+        lines.append(f"- {r['sink_kind']} {r['mode']}: capture-to-display p50 {r['latency']['p50_ms']:.2f} ms vs "
+                     f"two frame intervals {limit:.2f} ms")
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ Stage = Callable[[Frame, Any], Any]
 #: The threads of a pipelined run and the stages each runs; the first one also captures.
 THREADS = (("preprocess",), ("infer",), ("postprocess", "render", "sink"))
 #: Read-ahead margin of just-in-time capture: a frame reaches inference this much before it is free.
-PACING_MARGIN_MS = 0.5
+PACING_MARGIN_MS = 2.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
