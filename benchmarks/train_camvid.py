@@ -1,7 +1,7 @@
 """Benchmark: train a compact FCN on CamVid (train; val for selection) and export INT8 with evaluation.
 
-Usage: python benchmarks/train_camvid.py [--camvid ../shared/datasets/camvid] [--model fcn-small]
-       [--epochs 30] [--input-size 360x480] [--work benchmarks/_work/camvid]
+Usage: python benchmarks/train_camvid.py [--camvid ../shared/datasets/camvid] [--model fcn-medium]
+       [--epochs 110] [--input-size 360x480] [--work benchmarks/_work/camvid]
 Prints and writes `<work>/results.json`: val mIoU (Keras float, TFLite fp32, TFLite INT8), params, MACs,
 training wall time and the machine.
 """
@@ -27,8 +27,8 @@ def run(cmd: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--camvid", type=Path, default=Path("../shared/datasets/camvid"))
-    parser.add_argument("--model", default="fcn-small")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--model", default="fcn-medium")
+    parser.add_argument("--epochs", type=int, default=110)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--input-size", default="360x480")
