@@ -15,7 +15,8 @@ DEFAULT_MASK_RATIO = 0.5
 def pretrain(
     images: str = typer.Option(..., "--images", help="Image folder (recursive), glob, video file or folder of videos."),
     out: Path = typer.Option(..., "--out", help="Run folder (encoder.weights.h5, encoder.json, reconstructions.png)."),
-    model: str = typer.Option("fcn-tiny", "--model", help="fcn-tiny | fcn-small | fcn-medium | fcn8s: whose encoder to pretrain."),
+    model: str = typer.Option("fcn-tiny", "--model",
+                              help="fcn-tiny | fcn-small | fcn-medium | fcn8s: whose encoder to pretrain."),
     epochs: int = typer.Option(10, "--epochs"),
     input_size: str = typer.Option("96x128", "--input-size", help="Frames are resized to this HxW."),
     every: int = typer.Option(1, "--every", help="Keep every K-th frame of each video (and every K-th image)."),
