@@ -101,7 +101,7 @@ def build_engine(
                                                  Path(calib_cache or engine.with_suffix(".calib.cache")))
         if dla_core is not None:
             _use_dla(builder, config, dla_core)
-        cache_path = Path(timing_cache or engine.with_suffix(".timing.cache"))
+        cache_path = timing_cache_path(engine, timing_cache)
         cache = _timing_cache(config, cache_path)
         if hasattr(trt, "IProgressMonitor"):
             config.progress_monitor = _progress_monitor(log)
@@ -148,6 +148,11 @@ def _use_dla(builder: trt.Builder, config: trt.IBuilderConfig, core: int) -> Non
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = core
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def timing_cache_path(engine: Path, timing_cache: str | os.PathLike[str] | None = None) -> Path:
+    """`timing_cache`, or by default `<engine>.timing.cache` beside the engine (Python and trtexec builds share it)."""
+    return Path(timing_cache or engine.with_suffix(".timing.cache"))
 
 
 def _timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache:
@@ -305,7 +310,7 @@ def trtexec_command(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}", f"--memPoolSize=workspace:{workspace_mb}",
-            f"--timingCacheFile={timing_cache or Path(engine).with_suffix('.timing.cache')}"]
+            f"--timingCacheFile={timing_cache_path(Path(engine), timing_cache)}"]
     args += {"int8": ["--int8", "--fp16"], "fp16": ["--fp16"], "fp32": []}[precision]
     if dla_core is not None:
         args += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
