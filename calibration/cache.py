@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from edgeseg.rundir import write_atomic
 
 
 def cache_key(weights: list[np.ndarray], input_size: tuple[int, int], variant: str, calib_sha: str) -> str:
@@ -36,9 +36,4 @@ class CalibrationCache:
         return path.read_bytes() if path.is_file() else None
 
     def put(self, key: str, kind: str, data: bytes) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".calib-", dir=self.folder)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, self.path(key, kind))
-        return self.path(key, kind)
+        return write_atomic(self.path(key, kind), data)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeseg.rundir import write_atomic
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.manifest import DEFAULT_MEAN, DEFAULT_STD, Artifact, InputSpec, OutputSpec
 
@@ -29,21 +29,6 @@ from .trt_conformance import ensure_conformant
 LAYOUTS = ("nchw", "nhwc")
 INPUT_NAME = "pixels"
 _META_PREFIX = "edgeseg."
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to a temp file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeseg.rundir import write_atomic
 from edgeseg.runtime.backends.tensorrt import (
     device_target,
     dims,
@@ -41,8 +42,6 @@ from edgeseg.runtime.manifest import (
     staging_dir,
     write_bundle,
 )
-
-from .onnx import write_atomic
 
 if TYPE_CHECKING:
     import tensorrt as trt

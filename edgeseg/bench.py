@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from .evaluate import evaluate_arrays
+from .rundir import atomic_write_text, save_atomic
 from .runtime.backends.base import load_runner
 from .runtime.errors import EdgesegError
 from .runtime.manifest import MANIFEST_NAME, read_manifest, resolve_bundle, shipped_bundles
@@ -123,8 +125,6 @@ def bench(targets: Sequence[str], pairs: list[tuple[np.ndarray, np.ndarray]] | N
 
 
 def write_json(rows: list[BenchRow], path: Path) -> None:
-    from .rundir import atomic_write_text
-
     atomic_write_text(path, json.dumps([asdict(r) for r in rows], indent=2) + "\n")
 
 
@@ -152,7 +152,5 @@ def plot(rows: list[BenchRow], path: Path) -> None:
     ax2.set(ylabel="IoU (%)", title="per-class IoU")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)
+    save_atomic(path, partial(fig.savefig, dpi=100))
     plt.close(fig)
-    tmp.replace(path)

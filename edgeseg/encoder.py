@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import keras
 
 from .model import build_encoder
-from .rundir import atomic_write_text
+from .rundir import atomic_write_text, save_atomic
 from .runtime.errors import EdgesegError
 
 ENCODER_WEIGHTS = "encoder.weights.h5"
@@ -30,9 +29,7 @@ def layer_shapes(model: keras.Model) -> dict[str, list[list[int]]]:
 def save_encoder(encoder: keras.Model, run_dir: Path, info: dict[str, Any]) -> None:
     """Write the encoder's weights, then `encoder.json` (`info` plus the layer list)."""
     run_dir = Path(run_dir)
-    tmp = run_dir / f".encoder.tmp.{ENCODER_WEIGHTS}"
-    encoder.save_weights(tmp)
-    os.replace(tmp, run_dir / ENCODER_WEIGHTS)
+    save_atomic(run_dir / ENCODER_WEIGHTS, encoder.save_weights)
     layers = [{"name": name, "shapes": shapes} for name, shapes in layer_shapes(encoder).items()]
     atomic_write_text(run_dir / ENCODER_INFO, json.dumps({**info, "layers": layers}, indent=2) + "\n")
 

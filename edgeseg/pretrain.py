@@ -12,10 +12,10 @@ clean frame. Frames are flipped at random. Shuffling, flips and corruption are s
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -25,6 +25,7 @@ from keras import layers
 
 from .encoder import ENCODER_INFO, save_encoder
 from .model import BN_MOMENTUM, COMPACT_MODELS, MODEL_NAMES, build_encoder, crop_to_input
+from .rundir import save_atomic
 from .runtime.errors import EdgesegError
 from .runtime.manifest import DEFAULT_MEAN, DEFAULT_STD
 from .train import append_history, cosine_adam
@@ -170,9 +171,7 @@ def save_reconstruction_grid(path: Path, columns: dict[str, np.ndarray]) -> None
             axes[r][c].set_axis_off()
             if r == 0:
                 axes[r][c].set_title(title)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    save_atomic(path, partial(fig.savefig, dpi=100))
 
 
 def pretrain(cfg: PretrainConfig, run_dir: Path, frames: np.ndarray,

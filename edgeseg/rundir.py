@@ -6,7 +6,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .runtime.errors import EdgesegError
 from .runtime.manifest import DEFAULT_MEAN, DEFAULT_STD
@@ -64,22 +64,33 @@ class RunConfig:
             raise EdgesegError(f"{path}: invalid run config ({exc})") from None
 
 
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to a temp file beside `path`, then rename it into place: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """`write_atomic` of UTF-8 text."""
+    write_atomic(path, text.encode())
 
 
-def save_model_atomic(model, path: Path) -> None:
-    """`model.save` to a temporary `.keras` name beside `path`, then rename."""
+def save_atomic(path: Path, save: Callable[[Path], object]) -> None:
+    """`save(tmp)` (a library's writer, e.g. `model.save`) to a hidden name beside `path` that keeps its
+    extension, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
+    tmp = path.with_name(f".tmp.{path.name}")
+    save(tmp)
     os.replace(tmp, path)
 
 

@@ -27,7 +27,7 @@ from .rundir import (
     RunConfig,
     atomic_write_text,
     load_keras_model,
-    save_model_atomic,
+    save_atomic,
 )
 from .runtime.errors import EdgesegError
 
@@ -171,10 +171,10 @@ def train(
             keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
         row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6),
                "val_miou": round(scores.miou, 6), "val_pixel_accuracy": round(scores.pixel_accuracy, 6)}
-        save_model_atomic(model, run_dir / CHECKPOINTS / f"epoch_{epoch:03d}.keras")
+        save_atomic(run_dir / CHECKPOINTS / f"epoch_{epoch:03d}.keras", model.save)
         if scores.miou > best:
             best, best_epoch = scores.miou, epoch
-            save_model_atomic(model, run_dir / BEST_MODEL)
+            save_atomic(run_dir / BEST_MODEL, model.save)
             atomic_write_text(run_dir / "val_scores.json", json.dumps(scores.to_dict(), indent=2) + "\n")
         append_history(run_dir, row)
         atomic_write_text(run_dir / STATE, json.dumps(

@@ -7,8 +7,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeseg.converters.onnx import convert_onnx_fp16, export_onnx, write_atomic
+from edgeseg.converters.onnx import convert_onnx_fp16, export_onnx
 from edgeseg.converters.trt_conformance import check_onnx
+from edgeseg.rundir import write_atomic
 from edgeseg.runtime.backends.onnxrt import ort_session
 
 SIZE = (64, 96)
