@@ -57,6 +57,7 @@ def demo(
     Stops at the end of the input, after --max-frames, or on Ctrl-C / SIGTERM (the output is finalised).
     """
     _quiet_video_backends()
+    from ..rundir import atomic_write_text
     from ..runtime.pipeline import Pipeline
     from ..runtime.render import Renderer
     from ..runtime.segmenter import Segmenter
@@ -64,7 +65,7 @@ def demo(
     from ..runtime.sources import open_source
     from ..runtime.stats import Stats
 
-    seg = Segmenter(bundle, artifact=artifact, threads=threads, alpha=alpha)
+    seg = Segmenter(bundle, artifact=artifact, threads=threads)
     src = open_source(source, width=width, height=height, fps=fps, flip=flip, loop=loop, realtime=realtime)
     stats = Stats()
     try:
@@ -78,7 +79,7 @@ def demo(
     summary = Pipeline(seg, src, out, renderer=renderer, stats=stats, text=text, max_frames=max_frames).run()
     if stats_json is not None:
         try:
-            Path(stats_json).write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(Path(stats_json), json.dumps(summary, indent=2) + "\n")
         except OSError as exc:
             raise EdgesegError(f"{stats_json}: cannot write ({exc.strerror})") from None
     latency = summary["latency"].get("p50_ms", float("nan"))
