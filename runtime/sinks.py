@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import EdgesegError
 from .mjpeg import MjpegServer
+from .sources import split_uri
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -189,8 +190,7 @@ def open_sink(uri: str | Path, *, fps: float | None = None,
     `stats` (a callable returning live stats) feed the web page of an `http://` sink.
     """
     uri = str(uri)
-    scheme, sep, rest = uri.partition("://")
-    scheme = scheme.lower() if sep else ""
+    scheme, rest = split_uri(uri)
     if uri in ("null", "null://"):
         return NullSink(uri)
     if scheme == "display" or uri in ("window", "display"):

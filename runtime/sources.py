@@ -313,6 +313,12 @@ def csi_pipeline(sensor: int, width: int, height: int, fps: float, flip: int) ->
     )
 
 
+def split_uri(uri: str) -> tuple[str, str]:
+    """`scheme://rest` -> (lower-case scheme, rest); a URI without `://` -> ("", uri)."""
+    scheme, sep, rest = uri.partition("://")
+    return (scheme.lower(), rest) if sep else ("", uri)
+
+
 def _has_gstreamer() -> bool:
     return re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()) is not None
 
@@ -348,8 +354,7 @@ def open_source(uri: str | Path, *, width: int | None = None, height: int | None
     if flip not in FLIPS:
         raise EdgesegError(f"unknown flip {flip!r}; use one of: {', '.join(FLIPS)}")
     method = FLIPS[flip]
-    scheme, sep, rest = uri.partition("://")
-    scheme = scheme.lower() if sep else ""
+    scheme, rest = split_uri(uri)
     if uri.isdigit() or uri.startswith("/dev/video") or scheme == "v4l2":
         device: int | str = int(uri) if uri.isdigit() else (rest if scheme else uri)
         opener = _camera_opener(device, width, height, fps)

@@ -15,8 +15,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest or config as JSON."),
 ) -> None:
     """Print a bundle's manifest (artifacts, input, classes, calibration, evaluation) or a run's model."""
-    if not path.exists() and str(path) in shipped_bundles():
-        path = shipped_bundles()[str(path)]
+    if not path.exists() and str(path) in (shipped := shipped_bundles()):
+        path = shipped[str(path)]
     if (path / MANIFEST_NAME).is_file():
         manifest = read_manifest(path)
         if as_json:
