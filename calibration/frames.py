@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from ..data.readers import DatasetSpec, load_valid
+from ..data.readers import DataError, DatasetSpec, load_valid, read_image
 from ..runtime.errors import EdgesegError
 from ..runtime.preprocess import resize_rgb
 from .select import CalibrationSet, class_histograms, content_hash, stratified_order
@@ -49,10 +48,10 @@ def frames_from_record(record: dict, input_size: tuple[int, int]) -> list[np.nda
     frames = []
     for name in record.get("files", []):
         path = root / name
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
-        if image is None:
-            raise EdgesegError(f"{path}: calibration image not found or unreadable (give --calib-data DIR)")
-        frames.append(resize_rgb(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), *input_size))
+        try:
+            frames.append(resize_rgb(read_image(path), *input_size))
+        except DataError:
+            raise EdgesegError(f"{path}: calibration image not found or unreadable (give --calib-data DIR)") from None
     if not frames:
         raise EdgesegError("the bundle records no calibration images (give --calib-data DIR)")
     return frames

@@ -194,7 +194,8 @@ def open_dataset(root: str | os.PathLike[str], split: str = "train", format: str
     return DatasetSpec(root, fmt, split, _samples(root, fmt, split), classes, palette, ignore)
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 (EXIF orientation ignored, as cameras deliver frames)."""
     try:
         data = np.fromfile(path, np.uint8)
     except OSError:
@@ -225,7 +226,7 @@ def load_sample(spec: DatasetSpec, sample: Sample) -> tuple[np.ndarray, np.ndarr
     """RGB uint8 HxWx3 image and uint8 HxW labels (on-disk ignore value -> IGNORE_INDEX)."""
     if sample.mask is None:
         raise DataError(f"{sample.image}: missing mask")
-    image = _read_image(sample.image)
+    image = read_image(sample.image)
     raw = _read_mask(sample.mask)
     if raw.shape != image.shape[:2]:
         raise DataError(f"{sample.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is "
