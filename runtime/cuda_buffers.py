@@ -2,7 +2,8 @@
 
 Both are imported lazily, only here. With cuda-python (`cuda.bindings.runtime`, or `cuda.cudart` in
 releases before 12.6) the runtime API is used, i.e. the device's primary context that TensorRT also
-uses; with pycuda the primary context is retained and pushed for the same reason.
+uses; with pycuda the primary context is retained and made current around every copy and wait, as
+the driver API binds a context per thread and the pipeline infers in a thread of its own.
 
 Jetson (integrated GPU): host and device memory are the same DRAM, so the two copies per frame are
 DRAM-to-DRAM, a few hundred microseconds for a 1024x512 float input. Mapped pinned memory
@@ -16,6 +17,8 @@ zero-copy is worth a measurement on the target before switching.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,14 +183,26 @@ class _PyCuda:
         self._owned.append(mem)
         return int(mem)
 
+    @contextmanager
+    def _current(self) -> Iterator[None]:
+        """The primary context current on the calling thread, whichever thread activated the runner."""
+        self._context.push()
+        try:
+            yield
+        finally:
+            self._context.pop()
+
     def copy_htod(self, device: int, host: np.ndarray) -> None:
-        self._cuda.memcpy_htod_async(device, host, self._stream)
+        with self._current():
+            self._cuda.memcpy_htod_async(device, host, self._stream)
 
     def copy_dtoh(self, host: np.ndarray, device: int) -> None:
-        self._cuda.memcpy_dtoh_async(host, device, self._stream)
+        with self._current():
+            self._cuda.memcpy_dtoh_async(host, device, self._stream)
 
     def synchronize(self) -> None:
-        self._stream.synchronize()
+        with self._current():
+            self._stream.synchronize()
 
     def close(self) -> None:
         if self._context is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,20 @@ def test_engine_moved_to_another_target_is_refused(gpu_bundle, tmp_path):
     manifest = read_manifest(copy, verify=False)  # the sidecar no longer matches its checksum
     with pytest.raises(EdgesegError, match="rebuild with `edgeseg compile"):
         TensorRTRunner(copy, manifest, manifest.artifacts["tensorrt-int8"]).activate()
+
+
+@pytest.mark.gpu
+def test_engine_runs_in_another_thread_than_it_was_activated_in(gpu_bundle):
+    """The pipeline activates its runner in the main thread and infers in a stage thread."""
+    bundle, frames = gpu_bundle
+    compile_bundle(bundle, "fp16", workspace_mb=256, log=lambda _: None)
+    result: dict[str, np.ndarray] = {}
+    with load_runner(bundle, "tensorrt-fp16") as runner:
+        expected = runner.predict(frames[0])
+        worker = threading.Thread(target=lambda: result.update(labels=runner.predict(frames[0])))
+        worker.start()
+        worker.join()
+    np.testing.assert_array_equal(result["labels"], expected)
 
 
 def test_compile_with_calibrator_reads_the_recorded_calibration_set(tmp_path: Path, tiny_run: Path,
