@@ -91,8 +91,10 @@ def write_report(bundle: Path, threads: int | None) -> dict:
     report = {"model": manifest.model, "target": manifest.target, "threads": threads, "artifacts": artifacts,
               "comparison": manifest.evaluation.get("comparison")}
     atomic_write_text(bundle / "report.json", json.dumps(report, indent=2) + "\n")
+    alpha = manifest.model.get("logit_adjustment")
+    adjusted = f" Class-weighting prior taken back from the logits with strength {alpha}." if alpha else ""
     lines = [f"# Build report: {manifest.model.get('name')}", "",
-             f"Params {manifest.model.get('params', 0):,}, MACs {manifest.model.get('macs', 0):,}.", "",
+             f"Params {manifest.model.get('params', 0):,}, MACs {manifest.model.get('macs', 0):,}.{adjusted}", "",
              "| artifact | backend | precision | size KiB | mIoU % | p50 ms | p90 ms | p99 ms | FPS |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, a in artifacts.items():

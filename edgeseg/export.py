@@ -25,7 +25,7 @@ from .deploy import deploy_model
 from .evaluate import evaluate_arrays
 from .metrics import SegmentationScores
 from .model import count_macs, count_params
-from .rundir import RunConfig
+from .rundir import STATE, RunConfig
 from .runtime.backends.base import runner_for
 from .runtime.errors import EdgesegError
 from .runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, staging_dir, write_bundle
@@ -137,6 +137,13 @@ def comparison(float_scores: SegmentationScores, int8_scores: SegmentationScores
             "drop_points": round((float_scores.miou - int8_scores.miou) * 100, 3), "per_class": per_class}
 
 
+def _logit_adjustment(run_dir: Path) -> dict:
+    """`{"logit_adjustment": alpha}` when training folded one into the model (see `edgeseg.logit_adjust`)."""
+    path = Path(run_dir) / STATE
+    record = json.loads(path.read_text()).get("logit_adjustment") if path.is_file() else None
+    return {"logit_adjustment": record["alpha"]} if record else {}
+
+
 def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "cpu",
                   log: Progress = print) -> ExportResult:
     """Convert a run's best model for `target`, check it, evaluate it and write the bundle atomically."""
@@ -159,7 +166,7 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
         result = ExportResult(out, Manifest(
             classes=cfg.classes, palette=cfg.palette, artifacts={}, default=opts.precision, target=target,
             model={"name": cfg.model, "params": count_params(deploy), "macs": count_macs(network(deploy)),
-                   "run": str(run_dir)},
+                   "run": str(run_dir), **_logit_adjustment(run_dir)},
             versions=tool_versions()))
         pairs = _eval_pairs(cfg, opts) if opts.eval_data is not None else None
         convert(staging, run_dir, deploy, cfg, opts, pairs, result, log)

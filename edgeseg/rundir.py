@@ -41,6 +41,8 @@ class RunConfig:
     freeze_encoder_epochs: int = 0
     #: Seeded fraction of the labeled training images used (at least one image).
     labels_fraction: float = 1.0
+    #: After training, pick on val how much of the class-weighting prior to take back out of the logits.
+    logit_adjustment: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

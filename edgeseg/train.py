@@ -18,6 +18,7 @@ from .data.pipeline import class_weights, make_dataset
 from .data.readers import DatasetSpec, load_valid, open_dataset
 from .encoder import init_encoder, set_encoder_trainable
 from .evaluate import evaluate_arrays
+from .logit_adjust import fold_offsets, logit_offsets, scores_by_alpha
 from .model import build_model
 from .rundir import (
     BEST_MODEL,
@@ -42,6 +43,8 @@ class TrainResult:
     epochs_run: int
     seconds: float
     skipped: int
+    #: The logit adjustment applied to the best model (see `adjust_logits`), if any.
+    adjustment: dict | None = None
 
 
 def split_cpu_devices() -> None:
@@ -181,22 +184,61 @@ def train(
             {"epoch": epoch, "best_epoch": best_epoch, "best_miou": best}, indent=2) + "\n")
         if on_epoch:
             on_epoch(epoch, row)
-    return TrainResult(run_dir, best_epoch, best, cfg.epochs - start_epoch, time.perf_counter() - started,
-                       bad_train + bad_val)
+    adjustment = state.get("logit_adjustment")
+    if cfg.logit_adjustment and cfg.class_weighting != "none" and adjustment is None and best_epoch >= 0:
+        adjustment = adjust_logits(run_dir, cfg, best_epoch, weights, val_arrays)
+        state = {**_read_state(run_dir), "logit_adjustment": adjustment}
+        atomic_write_text(run_dir / STATE, json.dumps(state, indent=2) + "\n")
+    best_miou = adjustment["val_miou"] if adjustment else best
+    return TrainResult(run_dir, best_epoch, best_miou, cfg.epochs - start_epoch, time.perf_counter() - started,
+                       bad_train + bad_val, adjustment)
+
+
+def adjust_logits(run_dir: Path, cfg: RunConfig, best_epoch: int, weights: np.ndarray,
+                  val_arrays: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Pick the logit-adjustment strength on the validation split and write the adjusted best model.
+
+    Starts from the best epoch's checkpoint (so an interrupted adjustment simply runs again), folds the
+    offsets into the classifier and keeps the result only if the folded model scores above the trained one.
+    Returns the record kept in the run's state: alpha and val mIoU before and after.
+    """
+    model = load_keras_model(run_dir / CHECKPOINTS / f"epoch_{best_epoch:03d}.keras")
+    scores = scores_by_alpha(keras_logits_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, weights,
+                             cfg.classes)
+    trained = scores[0.0]
+    alpha = max(scores, key=lambda a: scores[a].miou)
+    if alpha:
+        fold_offsets(model, logit_offsets(weights, alpha))
+        adjusted = evaluate_arrays(keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
+        if adjusted.miou > trained.miou:
+            save_atomic(run_dir / BEST_MODEL, model.save)
+            atomic_write_text(run_dir / "val_scores.json", json.dumps(adjusted.to_dict(), indent=2) + "\n")
+            return {"alpha": alpha, "val_miou_trained": trained.miou, "val_miou": adjusted.miou}
+    return {"alpha": 0.0, "val_miou_trained": trained.miou, "val_miou": trained.miou}
+
+
+def keras_logits_fn(model: keras.Model, input_size: tuple[int, int], mean, std) -> Callable[[np.ndarray], np.ndarray]:
+    """RGB uint8 frame -> float32 logits (H x W x classes) at the model's input size, through the runtime's resize."""
+    from .runtime.preprocess import normalize, resize_rgb
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        return model(x, training=False)
+
+    def logits(rgb: np.ndarray) -> np.ndarray:
+        return forward(tf.constant(normalize(resize_rgb(rgb, *input_size), mean, std)[None])).numpy()[0]
+
+    return logits
 
 
 def keras_label_fn(model: keras.Model, input_size: tuple[int, int], mean, std) -> Callable[[np.ndarray], np.ndarray]:
     """RGB uint8 frame -> label map at the frame's size, through the runtime's resize."""
-    from .runtime.preprocess import normalize, resize_labels, resize_rgb
+    from .runtime.preprocess import resize_labels
 
-    @tf.function(reduce_retracing=True)
-    def forward(x):
-        return tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
+    logits = keras_logits_fn(model, input_size, mean, std)
 
     def predict(rgb: np.ndarray) -> np.ndarray:
-        x = normalize(resize_rgb(rgb, *input_size), mean, std)[None]
-        labels = forward(tf.constant(x)).numpy()[0].astype(np.uint8)
-        return resize_labels(labels, rgb.shape[0], rgb.shape[1])
+        return resize_labels(np.argmax(logits(rgb), axis=-1).astype(np.uint8), rgb.shape[0], rgb.shape[1])
 
     return predict
 

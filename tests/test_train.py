@@ -105,6 +105,36 @@ def test_tiny_model_learns_within_a_minute(easy_data: Path, tmp_path: Path) -> N
         train(cfg, tmp_path / "empty", resume=True)
 
 
+def test_class_weighted_run_takes_the_prior_back_out_once(easy_data: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from edgeseg.logit_adjust import ALPHAS
+    from edgeseg.rundir import load_keras_model
+    from edgeseg.train import train
+
+    cfg = _config(easy_data, epochs=6, batch_size=2, learning_rate=5e-3, seed=0)  # median-frequency weights
+    run = tmp_path / "run"
+    result = train(cfg, run)
+    state = json.loads((run / STATE).read_text())
+    adjustment = state["logit_adjustment"]
+    assert result.adjustment == adjustment and adjustment["alpha"] in ALPHAS
+    # chosen for the best epoch's model, never worse than it, and what val_scores.json now reports
+    assert adjustment["val_miou_trained"] == pytest.approx(state["best_miou"])
+    assert adjustment["val_miou"] >= adjustment["val_miou_trained"] and result.best_miou == adjustment["val_miou"]
+    assert json.loads((run / "val_scores.json").read_text())["miou"] == pytest.approx(adjustment["val_miou"])
+    best = load_keras_model(run / BEST_MODEL)
+    checkpoint = load_keras_model(run / CHECKPOINTS / f"epoch_{state['best_epoch']:03d}.keras")
+    changed = [w.path for w, c in zip(best.weights, checkpoint.weights) if not np.array_equal(w, c)]
+    assert changed == (["classifier/bias"] if adjustment["alpha"] else [])
+
+    # A finished run resumed changes nothing; a run that opts out keeps its trained logits.
+    stamp = (run / BEST_MODEL).stat().st_mtime_ns
+    assert train(cfg, run, resume=True).adjustment == adjustment
+    assert (run / BEST_MODEL).stat().st_mtime_ns == stamp
+    plain = train(replace(cfg, logit_adjustment=False), tmp_path / "plain")
+    assert plain.adjustment is None and "logit_adjustment" not in json.loads((tmp_path / "plain" / STATE).read_text())
+
+
 def _train_cmd(data: Path, out: Path, epochs: int) -> list[str]:
     return [EDGESEG, "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
             "--batch-size", "4", "--input-size", "32x48", "--lr", "5e-3", "--seed", "7"]

@@ -20,6 +20,10 @@ def train(
     learning_rate: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     class_weighting: str = typer.Option("median_frequency", "--class-weights", help="median_frequency | none."),
+    logit_adjustment: bool = typer.Option(
+        True, "--logit-adjustment/--no-logit-adjustment",
+        help="After training, take back on val (strength 0-1) the bias towards rare classes that class "
+             "weights leave in the logits."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad samples instead of failing."),
     strategy: str = typer.Option("default", "--strategy", help="default | mirrored | multiworker (TF_CONFIG)."),
@@ -50,7 +54,8 @@ def train(
                         batch_size=batch_size,
                         learning_rate=learning_rate, class_weighting=class_weighting,
                         init_from=str(init_from) if init_from else None,
-                        freeze_encoder_epochs=freeze_encoder_epochs, labels_fraction=labels_fraction)
+                        freeze_encoder_epochs=freeze_encoder_epochs, labels_fraction=labels_fraction,
+                        logit_adjustment=logit_adjustment)
     out.mkdir(parents=True, exist_ok=True)
     with Progress(transient=True) as progress:
         task = progress.add_task("training", total=cfg.epochs)
@@ -65,3 +70,6 @@ def train(
     skipped = f", {result.skipped} bad samples skipped" if result.skipped else ""
     typer.echo(f"trained {cfg.model} for {result.epochs_run} epochs in {result.seconds:.0f}s: best val mIoU "
                f"{result.best_miou * 100:.2f} (epoch {result.best_epoch + 1}) -> {out / 'model.keras'}{skipped}")
+    if result.adjustment and result.adjustment["alpha"]:
+        typer.echo(f"logit adjustment alpha {result.adjustment['alpha']}: val mIoU "
+                   f"{result.adjustment['val_miou_trained'] * 100:.2f} -> {result.adjustment['val_miou'] * 100:.2f}")
