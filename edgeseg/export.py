@@ -25,7 +25,7 @@ from .deploy import deploy_model
 from .evaluate import evaluate_arrays
 from .metrics import SegmentationScores
 from .model import count_macs, count_params
-from .rundir import STATE, RunConfig
+from .rundir import RunConfig, read_state
 from .runtime.backends.base import runner_for
 from .runtime.errors import EdgesegError
 from .runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, staging_dir, write_bundle
@@ -138,9 +138,8 @@ def comparison(float_scores: SegmentationScores, int8_scores: SegmentationScores
 
 
 def _logit_adjustment(run_dir: Path) -> dict:
-    """`{"logit_adjustment": alpha}` when training folded one into the model (see `edgeseg.logit_adjust`)."""
-    path = Path(run_dir) / STATE
-    record = json.loads(path.read_text()).get("logit_adjustment") if path.is_file() else None
+    """`{"logit_adjustment": alpha}` when training chose one (0: logits kept as trained; see `edgeseg.logit_adjust`)."""
+    record = read_state(run_dir).get("logit_adjustment")
     return {"logit_adjustment": record["alpha"]} if record else {}
 
 

@@ -31,7 +31,7 @@ def scores_by_alpha(logits_fn: Callable[[np.ndarray], np.ndarray], pairs: Iterab
                     ) -> dict[float, SegmentationScores]:
     """Scores of argmax(logits + offsets) for each alpha, from one forward pass per (RGB, labels) pair.
 
-    `logits_fn`: RGB frame -> logits (H x W x classes) at the model's size; labels are resized to the frame.
+    `logits_fn`: RGB frame -> logits (H x W x classes) at the model's size; labels are resized to the target's.
     """
     n = len(classes)
     offsets = {alpha: logit_offsets(weights, alpha) for alpha in alphas}

@@ -61,6 +61,7 @@ class RunConfig:
             data = json.loads(path.read_text())
             data["input_size"] = tuple(data["input_size"])
             data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+            data.setdefault("logit_adjustment", False)  # runs from before the option keep their logits
             return cls(**data)
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise EdgesegError(f"{path}: invalid run config ({exc})") from None
@@ -94,6 +95,12 @@ def save_atomic(path: Path, save: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".tmp.{path.name}")
     save(tmp)
     os.replace(tmp, path)
+
+
+def read_state(run_dir: Path) -> dict:
+    """The run's `state.json` (last epoch, best epoch and mIoU, logit adjustment); {} before the first epoch."""
+    path = Path(run_dir) / STATE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load_keras_model(path: Path):

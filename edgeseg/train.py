@@ -28,6 +28,7 @@ from .rundir import (
     RunConfig,
     atomic_write_text,
     load_keras_model,
+    read_state,
     save_atomic,
 )
 from .runtime.errors import EdgesegError
@@ -79,6 +80,24 @@ def load_split(spec: DatasetSpec, skip_bad: bool) -> tuple[list[tuple[np.ndarray
     return pairs, len(errors)
 
 
+@dataclass
+class TrainingData:
+    """A run's training and validation arrays, its class weights and how many bad samples were skipped."""
+
+    train: list[tuple[np.ndarray, np.ndarray]]
+    val: list[tuple[np.ndarray, np.ndarray]]
+    weights: np.ndarray
+    skipped: int
+
+    @classmethod
+    def load(cls, cfg: RunConfig, skip_bad: bool) -> TrainingData:
+        train_arrays, bad_train = load_split(open_dataset(cfg.data, "train", cfg.data_format), skip_bad)
+        train_arrays = labeled_subset(train_arrays, cfg.labels_fraction, cfg.seed)
+        val_arrays, bad_val = load_split(open_dataset(cfg.data, "val", cfg.data_format), skip_bad)
+        weights = class_weights([m for _, m in train_arrays], cfg.num_classes, cfg.class_weighting)
+        return cls(train_arrays, val_arrays, weights, bad_train + bad_val)
+
+
 def labeled_subset(items: list, fraction: float, seed: int) -> list:
     """A seeded `fraction` of `items` (at least one), in their original order."""
     if not 0 < fraction <= 1:
@@ -103,11 +122,6 @@ def _compile(model: keras.Model, cfg: RunConfig, steps_per_epoch: int, epoch: in
     model.optimizer.iterations.assign(epoch * steps_per_epoch)
 
 
-def _read_state(run_dir: Path) -> dict:
-    path = run_dir / STATE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def append_history(run_dir: Path, row: dict) -> None:
     path = run_dir / HISTORY
     rows = list(csv.DictReader(path.open())) if path.is_file() else []
@@ -128,7 +142,7 @@ def train(
 ) -> TrainResult:
     """Train `cfg.model` on `cfg.data` into `run_dir`; with `resume`, continue from the last checkpoint."""
     run_dir = Path(run_dir)
-    state = _read_state(run_dir) if resume else {}
+    state = read_state(run_dir) if resume else {}
     if not resume and (run_dir / BEST_MODEL).exists():
         raise EdgesegError(f"{run_dir}: already holds a trained run (use --resume to continue it)")
     if resume and not state:
@@ -139,12 +153,8 @@ def train(
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
 
-    train_spec = open_dataset(cfg.data, "train", cfg.data_format)
-    val_spec = open_dataset(cfg.data, "val", cfg.data_format)
-    train_arrays, bad_train = load_split(train_spec, skip_bad)
-    train_arrays = labeled_subset(train_arrays, cfg.labels_fraction, cfg.seed)
-    val_arrays, bad_val = load_split(val_spec, skip_bad)
-    weights = class_weights([m for _, m in train_arrays], cfg.num_classes, cfg.class_weighting)
+    data = TrainingData.load(cfg, skip_bad)
+    train_arrays, val_arrays, weights = data.train, data.val, data.weights
     steps = math.ceil(len(train_arrays) / cfg.batch_size)
     cfg.save(run_dir)
 
@@ -166,10 +176,10 @@ def train(
         if cfg.freeze_encoder_epochs and set_encoder_trainable(model, cfg.model, epoch >= cfg.freeze_encoder_epochs):
             with scope():
                 _compile(model, cfg, steps, epoch)
-        data = make_dataset(train_arrays, cfg.input_size, cfg.batch_size, training=True, seed=cfg.seed,
-                            epoch=epoch, weights=weights, mean=cfg.mean, std=cfg.std)
-        data = data.apply(tf.data.experimental.assert_cardinality(steps))
-        fit = model.fit(data, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[tensorboard])
+        batches = make_dataset(train_arrays, cfg.input_size, cfg.batch_size, training=True, seed=cfg.seed,
+                               epoch=epoch, weights=weights, mean=cfg.mean, std=cfg.std)
+        batches = batches.apply(tf.data.experimental.assert_cardinality(steps))
+        fit = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[tensorboard])
         scores = evaluate_arrays(
             keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
         row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6),
@@ -187,27 +197,30 @@ def train(
     adjustment = state.get("logit_adjustment")
     if cfg.logit_adjustment and cfg.class_weighting != "none" and adjustment is None and best_epoch >= 0:
         adjustment = adjust_logits(run_dir, cfg, best_epoch, weights, val_arrays)
-        state = {**_read_state(run_dir), "logit_adjustment": adjustment}
+        state = {**read_state(run_dir), "logit_adjustment": adjustment}
         atomic_write_text(run_dir / STATE, json.dumps(state, indent=2) + "\n")
-    best_miou = adjustment["val_miou"] if adjustment else best
-    return TrainResult(run_dir, best_epoch, best_miou, cfg.epochs - start_epoch, time.perf_counter() - started,
-                       bad_train + bad_val, adjustment)
+    return TrainResult(run_dir, best_epoch, best, cfg.epochs - start_epoch, time.perf_counter() - started,
+                       data.skipped, adjustment)
 
 
 def adjust_logits(run_dir: Path, cfg: RunConfig, best_epoch: int, weights: np.ndarray,
                   val_arrays: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """Pick the logit-adjustment strength on the validation split and write the adjusted best model.
 
-    Starts from the best epoch's checkpoint (so an interrupted adjustment simply runs again), folds the
-    offsets into the classifier and keeps the result only if the folded model scores above the trained one.
-    Returns the record kept in the run's state: alpha and val mIoU before and after.
+    Starts from the best epoch's checkpoint (so an interrupted adjustment simply runs again). Strengths are
+    tried best exact score first; the first whose offsets, folded into the classifier, score above the
+    trained model is kept (folding is approximate where the upsampling mixes classes). Returns the record
+    kept in the run's state: alpha (0: none helped, model kept as trained) and val mIoU before and after.
     """
-    model = load_keras_model(run_dir / CHECKPOINTS / f"epoch_{best_epoch:03d}.keras")
+    checkpoint = run_dir / CHECKPOINTS / f"epoch_{best_epoch:03d}.keras"
+    model = load_keras_model(checkpoint)
     scores = scores_by_alpha(keras_logits_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, weights,
                              cfg.classes)
     trained = scores[0.0]
-    alpha = max(scores, key=lambda a: scores[a].miou)
-    if alpha:
+    for alpha in sorted(scores, key=lambda a: -scores[a].miou):
+        if scores[alpha].miou <= trained.miou:
+            break
+        model = load_keras_model(checkpoint)
         fold_offsets(model, logit_offsets(weights, alpha))
         adjusted = evaluate_arrays(keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
         if adjusted.miou > trained.miou:

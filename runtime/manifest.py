@@ -70,7 +70,7 @@ class Manifest:
     default: str
     target: str = "cpu"
     ignore_index: int = IGNORE_INDEX
-    model: dict[str, Any] = field(default_factory=dict)  # name, params, macs
+    model: dict[str, Any] = field(default_factory=dict)  # name, params, macs, run, logit_adjustment (alpha)
     calibration: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)

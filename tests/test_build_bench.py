@@ -41,6 +41,10 @@ def test_build_cpu_end_to_end(cpu_build) -> None:
         assert set(art["per_class_iou"]) == set(manifest["classes"])
     assert report["comparison"]["drop_points"] == manifest["evaluation"]["comparison"]["drop_points"]
     assert "| int8 | litert | int8 |" in (bundle / "report.md").read_text()
+    # the logit-adjustment strength training chose travels with the bundle and shows in the report
+    alpha = json.loads((root / "run" / "state.json").read_text())["logit_adjustment"]["alpha"]
+    assert manifest["model"]["logit_adjustment"] == report["model"]["logit_adjustment"] == alpha
+    assert (f"strength {alpha}." in (bundle / "report.md").read_text()) == (alpha > 0)
     assert out.stdout.strip().splitlines()[-1].startswith(f"built {Path('build/cpu/bundle')}")
 
 

@@ -108,9 +108,9 @@ def test_tiny_model_learns_within_a_minute(easy_data: Path, tmp_path: Path) -> N
 def test_class_weighted_run_takes_the_prior_back_out_once(easy_data: Path, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from edgeseg.logit_adjust import ALPHAS
+    from edgeseg.logit_adjust import ALPHAS, fold_offsets, logit_offsets
     from edgeseg.rundir import load_keras_model
-    from edgeseg.train import train
+    from edgeseg.train import TrainingData, train
 
     cfg = _config(easy_data, epochs=6, batch_size=2, learning_rate=5e-3, seed=0)  # median-frequency weights
     run = tmp_path / "run"
@@ -119,19 +119,35 @@ def test_class_weighted_run_takes_the_prior_back_out_once(easy_data: Path, tmp_p
     adjustment = state["logit_adjustment"]
     assert result.adjustment == adjustment and adjustment["alpha"] in ALPHAS
     # chosen for the best epoch's model, never worse than it, and what val_scores.json now reports
-    assert adjustment["val_miou_trained"] == pytest.approx(state["best_miou"])
-    assert adjustment["val_miou"] >= adjustment["val_miou_trained"] and result.best_miou == adjustment["val_miou"]
+    assert adjustment["val_miou_trained"] == pytest.approx(state["best_miou"]) == pytest.approx(result.best_miou)
+    assert adjustment["val_miou"] >= adjustment["val_miou_trained"]
     assert json.loads((run / "val_scores.json").read_text())["miou"] == pytest.approx(adjustment["val_miou"])
-    best = load_keras_model(run / BEST_MODEL)
-    checkpoint = load_keras_model(run / CHECKPOINTS / f"epoch_{state['best_epoch']:03d}.keras")
-    changed = [w.path for w, c in zip(best.weights, checkpoint.weights) if not np.array_equal(w, c)]
-    assert changed == (["classifier/bias"] if adjustment["alpha"] else [])
+    checkpoint = run / CHECKPOINTS / f"epoch_{state['best_epoch']:03d}.keras"
 
-    # A finished run resumed changes nothing; a run that opts out keeps its trained logits.
+    def changed_weights() -> list[str]:
+        best, trained = load_keras_model(run / BEST_MODEL), load_keras_model(checkpoint)
+        return [w.path for w, t in zip(best.weights, trained.weights) if not np.array_equal(w, t)]
+
+    assert changed_weights() == (["classifier/bias"] if adjustment["alpha"] else [])
+
+    # A finished run resumed changes nothing.
     stamp = (run / BEST_MODEL).stat().st_mtime_ns
     assert train(cfg, run, resume=True).adjustment == adjustment
     assert (run / BEST_MODEL).stat().st_mtime_ns == stamp
-    plain = train(replace(cfg, logit_adjustment=False), tmp_path / "plain")
+
+    # A best model that leans further towards rare classes (as after stronger weighting), adjustment
+    # interrupted before it was recorded: resuming adjusts it, with a strength > 0, and gains.
+    model = load_keras_model(checkpoint)
+    fold_offsets(model, -logit_offsets(TrainingData.load(cfg, skip_bad=False).weights, 1.0))
+    model.save(checkpoint)
+    (run / STATE).write_text(json.dumps({k: v for k, v in state.items() if k != "logit_adjustment"}))
+    leaning = train(cfg, run, resume=True).adjustment
+    assert leaning is not None and leaning["alpha"] > 0 and leaning["val_miou"] > leaning["val_miou_trained"]
+    assert json.loads((run / STATE).read_text())["logit_adjustment"] == leaning
+    assert changed_weights() == ["classifier/bias"]
+
+    # A run that opts out keeps its trained logits.
+    plain = train(replace(cfg, epochs=1, logit_adjustment=False), tmp_path / "plain")
     assert plain.adjustment is None and "logit_adjustment" not in json.loads((tmp_path / "plain" / STATE).read_text())
 
 

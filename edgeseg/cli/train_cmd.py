@@ -68,8 +68,9 @@ def train(
         result = run_training(cfg, out, resume=resume, skip_bad=skip_bad, strategy=strategy,
                               backbone_weights=backbone_weights, freeze_backbone=freeze_backbone, on_epoch=on_epoch)
     skipped = f", {result.skipped} bad samples skipped" if result.skipped else ""
+    adjustment = result.adjustment
     typer.echo(f"trained {cfg.model} for {result.epochs_run} epochs in {result.seconds:.0f}s: best val mIoU "
                f"{result.best_miou * 100:.2f} (epoch {result.best_epoch + 1}) -> {out / 'model.keras'}{skipped}")
-    if result.adjustment and result.adjustment["alpha"]:
-        typer.echo(f"logit adjustment alpha {result.adjustment['alpha']}: val mIoU "
-                   f"{result.adjustment['val_miou_trained'] * 100:.2f} -> {result.adjustment['val_miou'] * 100:.2f}")
+    if adjustment and adjustment["alpha"]:
+        typer.echo(f"logit adjustment (strength {adjustment['alpha']}, chosen on val): val mIoU "
+                   f"{adjustment['val_miou_trained'] * 100:.2f} -> {adjustment['val_miou'] * 100:.2f}")
