@@ -28,7 +28,7 @@ def test_camvid_segments_a_frame_by_name() -> None:
     with load_runner("camvid", threads=2) as int8, load_runner("camvid", "fp32", threads=2) as fp32:
         a, b = int8.predict(frame), fp32.predict(frame)
     assert a.shape == (360, 480) and a.dtype == np.uint8 and a.max() < 11
-    # a flat synthetic frame is far from CamVid, where INT8 and fp32 mIoU differ by 0.21 points: 0.8 here
+    # a flat synthetic frame is far from CamVid, where INT8 and fp32 mIoU differ by 0.42 points: 0.8 here
     assert (a == b).mean() > 0.8
 
 
