@@ -18,11 +18,11 @@ from .bench import latency_summary
 from .data.readers import open_dataset
 from .data.synth import generate_synthetic
 from .export import ExportOptions, export_bundle
-from .rundir import BEST_MODEL, STATE, RunConfig, atomic_write_text
+from .rundir import STATE, RunConfig, atomic_write_text
 from .runtime.backends.base import load_runner
 from .runtime.errors import EdgesegError
 from .runtime.manifest import MANIFEST_NAME, read_manifest
-from .train import train
+from .train import train, training_done
 
 Log = Callable[[str], None]
 
@@ -44,19 +44,12 @@ class BuildOptions:
     force: bool = False
 
 
-def _training_done(run_dir: Path) -> bool:
-    state = run_dir / STATE
-    if not state.is_file() or not (run_dir / BEST_MODEL).is_file():
-        return False
-    return json.loads(state.read_text())["epoch"] + 1 >= RunConfig.load(run_dir).epochs
-
-
 def _stage_train(opts: BuildOptions, data: Path, log: Log) -> Path:
     if opts.run is not None:
         log(f"train: reusing {opts.run}")
         return opts.run
     run_dir = opts.out / "run"
-    if _training_done(run_dir):
+    if training_done(run_dir):
         log(f"train: reusing {run_dir} (done)")
         return run_dir
     resume = (run_dir / STATE).is_file()

@@ -103,6 +103,11 @@ def read_state(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def write_state(run_dir: Path, state: dict) -> None:
+    """Replace the run's `state.json` atomically."""
+    atomic_write_text(Path(run_dir) / STATE, json.dumps(state, indent=2) + "\n")
+
+
 def load_keras_model(path: Path):
     """Load a `.keras` model with edgeseg's custom layers registered; one-line error if unreadable."""
     import keras

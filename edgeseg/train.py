@@ -19,6 +19,7 @@ from .data.readers import DatasetSpec, load_valid, open_dataset
 from .encoder import init_encoder, set_encoder_trainable
 from .evaluate import evaluate_arrays
 from .logit_adjust import fold_offsets, logit_offsets, scores_by_alpha
+from .metrics import SegmentationScores
 from .model import build_model
 from .rundir import (
     BEST_MODEL,
@@ -30,6 +31,7 @@ from .rundir import (
     load_keras_model,
     read_state,
     save_atomic,
+    write_state,
 )
 from .runtime.errors import EdgesegError
 
@@ -187,20 +189,38 @@ def train(
         save_atomic(run_dir / CHECKPOINTS / f"epoch_{epoch:03d}.keras", model.save)
         if scores.miou > best:
             best, best_epoch = scores.miou, epoch
-            save_atomic(run_dir / BEST_MODEL, model.save)
-            atomic_write_text(run_dir / "val_scores.json", json.dumps(scores.to_dict(), indent=2) + "\n")
+            _save_best(run_dir, model, scores)
         append_history(run_dir, row)
-        atomic_write_text(run_dir / STATE, json.dumps(
-            {"epoch": epoch, "best_epoch": best_epoch, "best_miou": best}, indent=2) + "\n")
+        write_state(run_dir, {"epoch": epoch, "best_epoch": best_epoch, "best_miou": best})
         if on_epoch:
             on_epoch(epoch, row)
-    adjustment = state.get("logit_adjustment")
-    if cfg.logit_adjustment and cfg.class_weighting != "none" and adjustment is None and best_epoch >= 0:
-        adjustment = adjust_logits(run_dir, cfg, best_epoch, weights, val_arrays)
-        state = {**read_state(run_dir), "logit_adjustment": adjustment}
-        atomic_write_text(run_dir / STATE, json.dumps(state, indent=2) + "\n")
+    state = read_state(run_dir)
+    if _adjustment_due(cfg, state):
+        state["logit_adjustment"] = adjust_logits(run_dir, cfg, state["best_epoch"], weights, val_arrays)
+        write_state(run_dir, state)
     return TrainResult(run_dir, best_epoch, best, cfg.epochs - start_epoch, time.perf_counter() - started,
-                       data.skipped, adjustment)
+                       data.skipped, state.get("logit_adjustment"))
+
+
+def _adjustment_due(cfg: RunConfig, state: dict) -> bool:
+    """Whether the run still owes its best model the logit adjustment (see `adjust_logits`)."""
+    return (cfg.logit_adjustment and cfg.class_weighting != "none" and state.get("best_epoch", -1) >= 0
+            and "logit_adjustment" not in state)
+
+
+def training_done(run_dir: Path) -> bool:
+    """Every epoch trained, the best model written and, where due, its logit adjustment made."""
+    state = read_state(run_dir)
+    if not state or not (Path(run_dir) / BEST_MODEL).is_file():
+        return False
+    cfg = RunConfig.load(run_dir)
+    return state["epoch"] + 1 >= cfg.epochs and not _adjustment_due(cfg, state)
+
+
+def _save_best(run_dir: Path, model: keras.Model, scores: SegmentationScores) -> None:
+    """The run's best model and its validation scores."""
+    save_atomic(run_dir / BEST_MODEL, model.save)
+    atomic_write_text(run_dir / "val_scores.json", json.dumps(scores.to_dict(), indent=2) + "\n")
 
 
 def adjust_logits(run_dir: Path, cfg: RunConfig, best_epoch: int, weights: np.ndarray,
@@ -212,20 +232,20 @@ def adjust_logits(run_dir: Path, cfg: RunConfig, best_epoch: int, weights: np.nd
     trained model is kept (folding is approximate where the upsampling mixes classes). Returns the record
     kept in the run's state: alpha (0: none helped, model kept as trained) and val mIoU before and after.
     """
-    checkpoint = run_dir / CHECKPOINTS / f"epoch_{best_epoch:03d}.keras"
-    model = load_keras_model(checkpoint)
+    model = load_keras_model(run_dir / CHECKPOINTS / f"epoch_{best_epoch:03d}.keras")
     scores = scores_by_alpha(keras_logits_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, weights,
                              cfg.classes)
     trained = scores[0.0]
+    classifier = model.get_layer("classifier")
+    trained_weights = classifier.get_weights()
     for alpha in sorted(scores, key=lambda a: -scores[a].miou):
         if scores[alpha].miou <= trained.miou:
             break
-        model = load_keras_model(checkpoint)
+        classifier.set_weights(trained_weights)
         fold_offsets(model, logit_offsets(weights, alpha))
         adjusted = evaluate_arrays(keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
         if adjusted.miou > trained.miou:
-            save_atomic(run_dir / BEST_MODEL, model.save)
-            atomic_write_text(run_dir / "val_scores.json", json.dumps(adjusted.to_dict(), indent=2) + "\n")
+            _save_best(run_dir, model, adjusted)
             return {"alpha": alpha, "val_miou_trained": trained.miou, "val_miou": adjusted.miou}
     return {"alpha": 0.0, "val_miou_trained": trained.miou, "val_miou": trained.miou}
 

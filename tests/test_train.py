@@ -110,7 +110,7 @@ def test_class_weighted_run_takes_the_prior_back_out_once(easy_data: Path, tmp_p
 
     from edgeseg.logit_adjust import ALPHAS, fold_offsets, logit_offsets
     from edgeseg.rundir import load_keras_model
-    from edgeseg.train import TrainingData, train
+    from edgeseg.train import TrainingData, train, training_done
 
     cfg = _config(easy_data, epochs=6, batch_size=2, learning_rate=5e-3, seed=0)  # median-frequency weights
     run = tmp_path / "run"
@@ -129,6 +129,7 @@ def test_class_weighted_run_takes_the_prior_back_out_once(easy_data: Path, tmp_p
         return [w.path for w, t in zip(best.weights, trained.weights) if not np.array_equal(w, t)]
 
     assert changed_weights() == (["classifier/bias"] if adjustment["alpha"] else [])
+    assert training_done(run)
 
     # A finished run resumed changes nothing.
     stamp = (run / BEST_MODEL).stat().st_mtime_ns
@@ -141,10 +142,11 @@ def test_class_weighted_run_takes_the_prior_back_out_once(easy_data: Path, tmp_p
     fold_offsets(model, -logit_offsets(TrainingData.load(cfg, skip_bad=False).weights, 1.0))
     model.save(checkpoint)
     (run / STATE).write_text(json.dumps({k: v for k, v in state.items() if k != "logit_adjustment"}))
+    assert not training_done(run)  # so `edgeseg build` resumes it instead of reusing it
     leaning = train(cfg, run, resume=True).adjustment
     assert leaning is not None and leaning["alpha"] > 0 and leaning["val_miou"] > leaning["val_miou_trained"]
     assert json.loads((run / STATE).read_text())["logit_adjustment"] == leaning
-    assert changed_weights() == ["classifier/bias"]
+    assert changed_weights() == ["classifier/bias"] and training_done(run)
 
     # A run that opts out keeps its trained logits.
     plain = train(replace(cfg, epochs=1, logit_adjustment=False), tmp_path / "plain")
