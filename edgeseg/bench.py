@@ -31,6 +31,8 @@ class Candidate:
     timer: Callable[[int, int], np.ndarray]
     classes: list[str]
     close: Callable[[], None] = lambda: None
+    #: The artifact's recorded held-out estimate (mIoU on recordings its recipe never trained on), if any.
+    heldout_miou: float | None = None
 
 
 @dataclass
@@ -41,6 +43,8 @@ class BenchRow:
     file: str
     bytes: int
     miou: float | None = None
+    #: From the bundle's manifest (`evaluation.heldout`), not measured by bench: see `heldout_miou_of`.
+    heldout_miou: float | None = None
     per_class_iou: dict[str, float | None] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     fps: float | None = None
@@ -62,7 +66,15 @@ def _bundle_candidates(bundle: Path, threads: int | None) -> Iterable[Candidate 
             continue
         yield Candidate(f"{bundle.name}:{name}", FORMATS.get(art.backend, art.backend), art.precision,
                         bundle / art.file, runner.predict, runner.time_inference, manifest.classes,
-                        runner.deactivate)
+                        runner.deactivate, heldout_miou_of(manifest.evaluation.get("heldout"), name))
+
+
+def heldout_miou_of(heldout: dict | None, artifact: str) -> float | None:
+    """The held-out mIoU recorded for `artifact` (INT8 under "int8", float artifacts under "float")."""
+    if not heldout:
+        return None
+    scores = heldout.get("int8" if artifact == "int8" else "float")
+    return scores.get("miou") if isinstance(scores, dict) else None
 
 
 def _keras_candidate(run_dir: Path) -> Candidate:
@@ -111,7 +123,7 @@ def bench(targets: Sequence[str], pairs: list[tuple[np.ndarray, np.ndarray]] | N
             continue
         try:
             row = BenchRow(cand.name, cand.format, cand.precision, str(cand.path), cand.path.stat().st_size,
-                           threads=threads)
+                           threads=threads, heldout_miou=cand.heldout_miou)
             if pairs is not None:
                 scores = evaluate_arrays(cand.predict, pairs, cand.classes)
                 row.miou, row.per_class_iou = scores.miou, scores.per_class_iou

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bench import latency_summary
-from .data.readers import open_dataset
+from .data.groups import parse_groups
+from .data.readers import DatasetSpec, open_dataset
 from .data.synth import generate_synthetic
 from .export import ExportOptions, export_bundle
 from .rundir import STATE, RunConfig, atomic_write_text
 from .runtime.backends.base import load_runner
 from .runtime.errors import EdgesegError
 from .runtime.manifest import MANIFEST_NAME, read_manifest
-from .train import train, training_done
+from .summary import heldout_line
+from .train import check_groups, train, training_done
 
 Log = Callable[[str], None]
 
@@ -42,6 +44,19 @@ class BuildOptions:
     output: str = "logits"
     threads: int | None = None
     force: bool = False
+    #: Recordings kept out of training, for the held-out estimate: "auto" (the last of the training split's
+    #: groups, when it has two or more), "none", or comma-separated group names.
+    holdout: str = "auto"
+
+
+def holdout_groups(spec: DatasetSpec, choice: str) -> list[str]:
+    """The groups a build holds out of training (see `BuildOptions.holdout`)."""
+    if choice == "none":
+        return []
+    if choice != "auto":
+        return parse_groups(choice)
+    groups = sorted({g for g in spec.groups if g is not None})
+    return groups[-1:] if len(groups) >= 2 else []
 
 
 def _stage_train(opts: BuildOptions, data: Path, log: Log) -> Path:
@@ -56,7 +71,10 @@ def _stage_train(opts: BuildOptions, data: Path, log: Log) -> Path:
     spec = open_dataset(data, "train")
     cfg = RunConfig(model=opts.model, classes=spec.classes, palette=spec.palette, input_size=opts.input_size,
                     data=str(Path(data).resolve()), data_format=spec.format, seed=opts.seed, epochs=opts.epochs,
-                    batch_size=opts.batch_size)
+                    batch_size=opts.batch_size, holdout_groups=holdout_groups(spec, opts.holdout))
+    check_groups(cfg)
+    if cfg.holdout_groups:
+        log(f"train: holding out recording(s) {', '.join(cfg.holdout_groups)} for the held-out estimate")
     log(f"train: {'resuming' if resume else 'training'} {opts.model} for {opts.epochs} epochs on {data}")
     run_dir.mkdir(parents=True, exist_ok=True)
     train(cfg, run_dir, resume=resume,
@@ -82,7 +100,8 @@ def write_report(bundle: Path, threads: int | None) -> dict:
                            "per_class_iou": scores.get("per_class_iou"),
                            "latency_ms": latency_ms(bundle, name, threads)}
     report = {"model": manifest.model, "target": manifest.target, "threads": threads, "artifacts": artifacts,
-              "comparison": manifest.evaluation.get("comparison")}
+              "comparison": manifest.evaluation.get("comparison"), "heldout": manifest.evaluation.get("heldout"),
+              "overlap_warning": manifest.evaluation.get("overlap_warning")}
     atomic_write_text(bundle / "report.json", json.dumps(report, indent=2) + "\n")
     alpha = manifest.model.get("logit_adjustment")
     adjusted = f" Class-weighting prior taken back from the logits with strength {alpha}." if alpha else ""
@@ -95,6 +114,12 @@ def write_report(bundle: Path, threads: int | None) -> dict:
         miou = "-" if a["miou"] is None else f"{a['miou'] * 100:.2f}"
         lines.append(f"| {name} | {a['backend']} | {a['precision']} | {a['bytes'] / 1024:.1f} | {miou} | "
                      f"{lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['fps']} |")
+    split = manifest.evaluation.get("split", "val")
+    lines += ["", f"mIoU above: the {split} split."]
+    if report["overlap_warning"]:
+        lines.append(f"Warning: {report['overlap_warning']}.")
+    lines.append(heldout_line(report["heldout"]) + "." if report["heldout"] else
+                 "No held-out estimate: the data has fewer than two recordings (groups) to hold one out.")
     comparison = report["comparison"]
     if comparison:
         lines += ["", f"INT8 drop: {comparison['drop_points']:.2f} mIoU points.", "",

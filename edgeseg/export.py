@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from .calibration.cache import CalibrationCache, cache_key
 from .calibration.frames import choose_calibration
 from .calibration.select import CalibrationSet
 from .converters import tflite
+from .data.groups import overlap_warning
 from .data.readers import open_dataset
 from .deploy import deploy_model
 from .evaluate import evaluate_arrays
@@ -29,7 +31,7 @@ from .rundir import RunConfig, read_state
 from .runtime.backends.base import runner_for
 from .runtime.errors import EdgesegError
 from .runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, staging_dir, write_bundle
-from .train import load_run_model, load_split
+from .train import TrainingData, load_run_model, load_split, training_groups
 
 Progress = Callable[[str], None]
 TARGETS = {"cpu": tflite.PRECISIONS, "jetson": ("fp32", "int8")}
@@ -54,6 +56,9 @@ class ExportOptions:
     layout: str = "nchw"
     batch: int = 1
     calib_method: str | None = None  # None: "auto" with eval data, else "entropy"
+    #: A run of the same recipe trained with `--holdout-groups`: exported alike and scored on its held-out
+    #: groups, as this bundle's estimate of accuracy on new footage (see `heldout_estimate`).
+    heldout_run: Path | None = None
 
 
 @dataclass
@@ -108,11 +113,16 @@ def _calibrated(run_dir: Path, deploy, cfg: RunConfig, opts: ExportOptions, kind
     return calib, frames, ranges
 
 
-def _eval_pairs(cfg: RunConfig, opts: ExportOptions) -> list[tuple[np.ndarray, np.ndarray]]:
+def _eval_pairs(cfg: RunConfig, opts: ExportOptions, log: Progress
+                ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str | None]:
+    """The evaluation frames, and the warning when they come from recordings the model trained on."""
     spec = open_dataset(opts.eval_data, opts.eval_split)
     if spec.classes != cfg.classes:
         raise EdgesegError(f"{spec.root}: evaluation classes {spec.classes} do not match the model's {cfg.classes}")
-    return load_split(spec, skip_bad=False)[0]
+    warning = overlap_warning(opts.eval_split, training_groups(cfg), spec.groups)
+    if warning:
+        log(f"warning: {warning}")
+    return load_split(spec, skip_bad=False)[0], warning
 
 
 def _evaluate_artifacts(staging: Path, manifest: Manifest, pairs: list[tuple[np.ndarray, np.ndarray]],
@@ -167,10 +177,15 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
             model={"name": cfg.model, "params": count_params(deploy), "macs": count_macs(network(deploy)),
                    "run": str(run_dir), **_logit_adjustment(run_dir)},
             versions=tool_versions()))
-        pairs = _eval_pairs(cfg, opts) if opts.eval_data is not None else None
+        pairs, warning = _eval_pairs(cfg, opts, log) if opts.eval_data is not None else (None, None)
         convert(staging, run_dir, deploy, cfg, opts, pairs, result, log)
         if pairs is not None:
             _record_evaluation(staging, result, pairs, cfg, opts, log)
+            if warning:
+                result.manifest.evaluation["overlap_warning"] = warning
+        if opts.heldout_run is not None or cfg.holdout_groups:
+            result.manifest.evaluation["heldout"] = heldout_estimate(
+                staging, result.manifest, run_dir, cfg, opts, target, log)
         write_bundle(staging, out, result.manifest, force=opts.force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -182,11 +197,41 @@ def export_cpu(run_dir: Path, out: Path, opts: ExportOptions, log: Progress = pr
     return export_bundle(run_dir, out, opts, "cpu", log)
 
 
+def heldout_estimate(staging: Path, manifest: Manifest, run_dir: Path, cfg: RunConfig, opts: ExportOptions,
+                     target: str, log: Progress) -> dict:
+    """Accuracy on recordings the model never saw: the artifacts of a run trained with `--holdout-groups`
+    (this run, or `opts.heldout_run` of the same recipe, exported here alike) scored on those groups.
+
+    Returns `{"miou": <the default artifact's>, "method", "groups", "num_images", "run", <artifact>: scores}`.
+    """
+    source = Path(opts.heldout_run) if opts.heldout_run is not None else run_dir
+    source_cfg = RunConfig.load(source)
+    if not source_cfg.holdout_groups:
+        raise EdgesegError(f"{source}: trained without --holdout-groups, so it has no held-out recordings")
+    if source_cfg.classes != cfg.classes:
+        raise EdgesegError(f"{source}: classes {source_cfg.classes} differ from the exported model's")
+    pairs = TrainingData.load(source_cfg, skip_bad=True).heldout
+    log(f"held-out estimate: {len(pairs)} frames of {', '.join(source_cfg.holdout_groups)} ({source})")
+    method = ("holdout-groups: the model itself was trained without these recordings" if source == run_dir else
+              "holdout-groups: a run of the same recipe trained without these recordings, exported alike")
+    record: dict = {"method": method, "groups": list(source_cfg.holdout_groups), "num_images": len(pairs),
+                    "run": source.name}
+    with tempfile.TemporaryDirectory(prefix="edgeseg-heldout-") as tmp:
+        if source != run_dir:
+            inner = replace(opts, eval_data=None, max_drop=None, debug_quant=False, heldout_run=None, force=True)
+            manifest = export_bundle(source, Path(tmp) / "bundle", inner, target, log=lambda _: None).manifest
+            staging = Path(tmp) / "bundle"
+        scores = _evaluate_artifacts(staging, manifest, pairs, source_cfg, opts, log)
+    record.update({"float" if name in ("fp32", "fp16") else name: s.to_dict() for name, s in scores.items()})
+    record["miou"] = scores[manifest.default].miou
+    return record
+
+
 def _record_evaluation(staging: Path, result: ExportResult, pairs: list[tuple[np.ndarray, np.ndarray]],
                        cfg: RunConfig, opts: ExportOptions, log: Progress) -> None:
     manifest = result.manifest
     result.scores = _evaluate_artifacts(staging, manifest, pairs, cfg, opts, log)
-    manifest.evaluation = {"data": str(opts.eval_data), "split": opts.eval_split,
+    manifest.evaluation = {**manifest.evaluation, "data": str(opts.eval_data), "split": opts.eval_split,
                            "scores": {k: v.to_dict() for k, v in result.scores.items()}}
     if opts.precision == "int8":
         manifest.evaluation["comparison"] = comparison(result.scores["fp32"], result.scores["int8"])

@@ -39,6 +39,13 @@ class FCNConfig:
     depths: tuple[int, int, int, int]  # residual blocks after each downsampling block
     decoder: tuple[int, ...]  # decoder widths at strides 16, 8 (and 4): one skip each
     blocks: tuple[str, str, str, str] = ("separable",) * 4  # per stage: "separable" or "conv" (3x3)
+    #: Per stage, the dilation of each residual block (empty: 1 everywhere); only "conv" stages dilate.
+    dilations: tuple[tuple[int, ...], ...] = ()
+
+    def dilation(self, stage: int, block: int) -> int:
+        """The dilation of residual block `block` of stage `stage` (0-based)."""
+        rates = self.dilations[stage] if stage < len(self.dilations) else ()
+        return rates[block] if block < len(rates) else 1
 
 
 COMPACT_MODELS = {
@@ -46,6 +53,11 @@ COMPACT_MODELS = {
     "fcn-small": FCNConfig(stem=16, widths=(32, 48, 96, 160), depths=(1, 2, 3, 2), decoder=(64, 64)),
     "fcn-medium": FCNConfig(stem=16, widths=(32, 48, 96, 160), depths=(1, 2, 3, 1), decoder=(64, 64, 32),
                             blocks=("separable", "separable", "conv", "conv")),
+    # fcn-medium with context at low resolution: dilated residual 3x3 convolutions at strides 16 and 32
+    # (receptive field past the whole 480x360 frame, no extra MACs) and a wider stride-8 stage.
+    "fcn-context": FCNConfig(stem=16, widths=(32, 64, 96, 160), depths=(1, 2, 3, 1), decoder=(64, 64, 32),
+                             blocks=("separable", "separable", "conv", "conv"),
+                             dilations=((), (), (1, 2, 5), (2,))),
 }
 #: The VGG16 FCN-8s decoder.
 FCN8S_DECODER = (256, 256)
@@ -93,9 +105,10 @@ def _conv_bn_relu(x, filters: int, kernel: int, stride: int, name: str):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _separable(x, filters: int, stride: int, name: str, residual: bool):
+def _separable(x, filters: int, stride: int, name: str, residual: bool, dilation: int = 1):
     """Depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN, identity sum when `residual`, then ReLU."""
-    y = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    y = layers.DepthwiseConv2D(3, strides=stride, padding="same", dilation_rate=dilation, use_bias=False,
+                               name=f"{name}_dw")(x)
     y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(y)
     y = layers.ReLU(name=f"{name}_dw_relu")(y)
     y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(y)
@@ -105,9 +118,11 @@ def _separable(x, filters: int, stride: int, name: str, residual: bool):
     return layers.ReLU(name=f"{name}_relu")(y)
 
 
-def _conv3x3(x, filters: int, stride: int, name: str, residual: bool):
-    """3x3 conv + BN, identity sum when `residual`, then ReLU (more weights per channel, int8-friendly)."""
-    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+def _conv3x3(x, filters: int, stride: int, name: str, residual: bool, dilation: int = 1):
+    """3x3 conv (dilated by `dilation`) + BN, identity sum when `residual`, then ReLU (more weights per
+    channel, int8-friendly)."""
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", dilation_rate=dilation, use_bias=False,
+                      name=f"{name}_conv")(x)
     y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(y)
     if residual:
         y = layers.Add(name=f"{name}_add")([x, y])
@@ -125,7 +140,7 @@ def _compact_encoder(x, cfg: FCNConfig) -> list:
         block = BLOCKS[kind]
         x = block(x, width, 2, f"enc{s}_down", residual=False)
         for b in range(depth):
-            x = block(x, width, 1, f"enc{s}_block{b}", residual=True)
+            x = block(x, width, 1, f"enc{s}_block{b}", residual=True, dilation=cfg.dilation(s - 1, b))
         feats.append(x)
     return feats
 

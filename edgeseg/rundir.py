@@ -43,7 +43,26 @@ class RunConfig:
     labels_fraction: float = 1.0
     #: After training, pick on val how much of the class-weighting prior to take back out of the logits.
     logit_adjustment: bool = True
+    #: A fixed logit-adjustment strength (0-1) instead of choosing it on val (what a run without val needs).
+    logit_alpha: float | None = None
+    #: Splits whose frames train the model; a split listed here is not also used for validation.
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    #: The split that picks the best epoch and the adjustment strength (None: none; the last epoch is kept).
+    val_split: str | None = "val"
+    #: Recordings kept out of training and model selection, scored once at the end (the held-out estimate).
+    holdout_groups: list[str] = field(default_factory=list)
+    #: Regular expression giving a frame's recording from its file name (None: the dataset's own).
+    group_pattern: str | None = None
+    #: Training crop HxW (None: the input size); the model is fully convolutional.
+    crop_size: tuple[int, int] | None = None
+    #: Augmentation recipe (see `edgeseg.data.pipeline.AUGMENTS`).
+    augment: str = "standard"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def selects_on_val(self) -> bool:
+        """Whether a validation split (not among the training splits) picks the epoch and adjustment."""
+        return self.val_split is not None and self.val_split not in self.train_splits
 
     @property
     def num_classes(self) -> int:
@@ -60,6 +79,8 @@ class RunConfig:
         try:
             data = json.loads(path.read_text())
             data["input_size"] = tuple(data["input_size"])
+            if data.get("crop_size") is not None:
+                data["crop_size"] = tuple(data["crop_size"])
             data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
             data.setdefault("logit_adjustment", False)  # runs from before the option keep their logits
             return cls(**data)

@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .data.pipeline import class_weights, make_dataset
+from .data.groups import counts, overlap_warning
+from .data.pipeline import AUGMENTS, class_weights, make_dataset
 from .data.readers import DatasetSpec, load_valid, open_dataset
 from .encoder import init_encoder, set_encoder_trainable
 from .evaluate import evaluate_arrays
@@ -48,6 +49,8 @@ class TrainResult:
     skipped: int
     #: The logit adjustment applied to the best model (see `adjust_logits`), if any.
     adjustment: dict | None = None
+    #: The final model's score on the held-out groups (see `score_heldout`), if any were held out.
+    heldout: dict | None = None
 
 
 def split_cpu_devices() -> None:
@@ -76,28 +79,82 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise EdgesegError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
 
 
-def load_split(spec: DatasetSpec, skip_bad: bool) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+Pairs = list[tuple[np.ndarray, np.ndarray]]
+
+
+def load_split(spec: DatasetSpec, skip_bad: bool) -> tuple[Pairs, int]:
     """Every good sample of a split as (RGB, labels) arrays, and how many bad ones were skipped."""
     _, pairs, errors = load_valid(spec, skip_bad)
     return pairs, len(errors)
 
 
+def _open(cfg: RunConfig, split: str) -> DatasetSpec:
+    return open_dataset(cfg.data, split, cfg.data_format, cfg.group_pattern)
+
+
+def _split_names(cfg: RunConfig) -> list[str]:
+    """Every split the run reads: its training splits, then its validation split."""
+    return [*cfg.train_splits, *([cfg.val_split] if cfg.selects_on_val else [])]
+
+
+def check_groups(cfg: RunConfig) -> dict[str, dict[str, int]]:
+    """Frames per recording group of each split the run reads (indexing only, nothing loaded).
+
+    Held-out groups must exist in those splits; a one-line error lists the groups there are.
+    """
+    per_split = {split: counts(_open(cfg, split).groups) for split in _split_names(cfg)}
+    known = sorted({g for c in per_split.values() for g in c})
+    missing = [g for g in cfg.holdout_groups if g not in known]
+    if missing:
+        raise EdgesegError(f"{cfg.data}: held-out group(s) {', '.join(missing)} not found; its groups are: "
+                           f"{', '.join(known) or 'none (no group pattern matches)'}")
+    return per_split
+
+
+def training_groups(cfg: RunConfig) -> list[str | None]:
+    """The recording group of every frame the run trains on (indexing only)."""
+    held = set(cfg.holdout_groups)
+    return [g for split in cfg.train_splits for g in _open(cfg, split).groups if g not in held]
+
+
+def val_overlap_warning(cfg: RunConfig) -> str | None:
+    """The warning when the validation split shares recordings with the training frames (None if not)."""
+    if not cfg.selects_on_val:
+        return None
+    held = set(cfg.holdout_groups)
+    val_groups = [g for g in _open(cfg, str(cfg.val_split)).groups if g not in held]
+    return overlap_warning("val", training_groups(cfg), val_groups)
+
+
 @dataclass
 class TrainingData:
-    """A run's training and validation arrays, its class weights and how many bad samples were skipped."""
+    """A run's training, validation and held-out arrays, its class weights and how many bad samples were
+    skipped. Frames of held-out groups never reach training or validation."""
 
-    train: list[tuple[np.ndarray, np.ndarray]]
-    val: list[tuple[np.ndarray, np.ndarray]]
+    train: Pairs
+    val: Pairs
     weights: np.ndarray
     skipped: int
+    heldout: Pairs
 
     @classmethod
     def load(cls, cfg: RunConfig, skip_bad: bool) -> TrainingData:
-        train_arrays, bad_train = load_split(open_dataset(cfg.data, "train", cfg.data_format), skip_bad)
+        held = set(cfg.holdout_groups)
+        pools: dict[str, tuple[Pairs, Pairs]] = {}
+        skipped = 0
+        for split in _split_names(cfg):
+            samples, pairs, errors = load_valid(_open(cfg, split), skip_bad)
+            skipped += len(errors)
+            pools[split] = ([p for s, p in zip(samples, pairs) if s.group not in held],
+                            [p for s, p in zip(samples, pairs) if s.group in held])
+        train_arrays = [p for split in cfg.train_splits for p in pools[split][0]]
+        if not train_arrays:
+            raise EdgesegError(f"{cfg.data}: no training frames left after holding out {', '.join(held)}")
         train_arrays = labeled_subset(train_arrays, cfg.labels_fraction, cfg.seed)
-        val_arrays, bad_val = load_split(open_dataset(cfg.data, "val", cfg.data_format), skip_bad)
+        val_arrays = pools[cfg.val_split][0] if cfg.selects_on_val else []
+        heldout = [p for kept_out in pools.values() for p in kept_out[1]]
         weights = class_weights([m for _, m in train_arrays], cfg.num_classes, cfg.class_weighting)
-        return cls(train_arrays, val_arrays, weights, bad_train + bad_val)
+        return cls(train_arrays, val_arrays, weights, skipped, heldout)
 
 
 def labeled_subset(items: list, fraction: float, seed: int) -> list:
@@ -157,6 +214,7 @@ def train(
 
     data = TrainingData.load(cfg, skip_bad)
     train_arrays, val_arrays, weights = data.train, data.val, data.weights
+    crop = cfg.crop_size or cfg.input_size
     steps = math.ceil(len(train_arrays) / cfg.batch_size)
     cfg.save(run_dir)
 
@@ -178,18 +236,24 @@ def train(
         if cfg.freeze_encoder_epochs and set_encoder_trainable(model, cfg.model, epoch >= cfg.freeze_encoder_epochs):
             with scope():
                 _compile(model, cfg, steps, epoch)
-        batches = make_dataset(train_arrays, cfg.input_size, cfg.batch_size, training=True, seed=cfg.seed,
-                               epoch=epoch, weights=weights, mean=cfg.mean, std=cfg.std)
+        batches = make_dataset(train_arrays, crop, cfg.batch_size, training=True, seed=cfg.seed,
+                               epoch=epoch, weights=weights, mean=cfg.mean, std=cfg.std,
+                               augment=AUGMENTS[cfg.augment], reference=cfg.input_size)
         batches = batches.apply(tf.data.experimental.assert_cardinality(steps))
         fit = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[tensorboard])
-        scores = evaluate_arrays(
-            keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
-        row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6),
-               "val_miou": round(scores.miou, 6), "val_pixel_accuracy": round(scores.pixel_accuracy, 6)}
+        row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6), "val_miou": "",
+               "val_pixel_accuracy": ""}
         save_atomic(run_dir / CHECKPOINTS / f"epoch_{epoch:03d}.keras", model.save)
-        if scores.miou > best:
-            best, best_epoch = scores.miou, epoch
-            _save_best(run_dir, model, scores)
+        if val_arrays:
+            scores = evaluate_arrays(
+                keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
+            row.update(val_miou=round(scores.miou, 6), val_pixel_accuracy=round(scores.pixel_accuracy, 6))
+            if scores.miou > best:
+                best, best_epoch = scores.miou, epoch
+                _save_best(run_dir, model, scores)
+        else:  # nothing to select on: the last epoch is the model
+            best_epoch = epoch
+            save_atomic(run_dir / BEST_MODEL, model.save)
         append_history(run_dir, row)
         write_state(run_dir, {"epoch": epoch, "best_epoch": best_epoch, "best_miou": best})
         if on_epoch:
@@ -198,23 +262,46 @@ def train(
     if _adjustment_due(cfg, state):
         state["logit_adjustment"] = adjust_logits(run_dir, cfg, state["best_epoch"], weights, val_arrays)
         write_state(run_dir, state)
+    if _heldout_due(cfg, state):
+        state["heldout"] = score_heldout(run_dir, cfg, data.heldout)
+        write_state(run_dir, state)
     return TrainResult(run_dir, best_epoch, best, cfg.epochs - start_epoch, time.perf_counter() - started,
-                       data.skipped, state.get("logit_adjustment"))
+                       data.skipped, state.get("logit_adjustment"), state.get("heldout"))
 
 
 def _adjustment_due(cfg: RunConfig, state: dict) -> bool:
     """Whether the run still owes its best model the logit adjustment (see `adjust_logits`)."""
-    return (cfg.logit_adjustment and cfg.class_weighting != "none" and state.get("best_epoch", -1) >= 0
-            and "logit_adjustment" not in state)
+    if not cfg.logit_adjustment or cfg.class_weighting == "none" or "logit_adjustment" in state:
+        return False
+    return state.get("best_epoch", -1) >= 0 and (cfg.selects_on_val or cfg.logit_alpha is not None)
+
+
+def _heldout_due(cfg: RunConfig, state: dict) -> bool:
+    """Whether the run still owes its held-out groups their score."""
+    return bool(cfg.holdout_groups) and state.get("best_epoch", -1) >= 0 and "heldout" not in state
 
 
 def training_done(run_dir: Path) -> bool:
-    """Every epoch trained, the best model written and, where due, its logit adjustment made."""
+    """Every epoch trained, the best model written and, where due, its logit adjustment and held-out score."""
     state = read_state(run_dir)
     if not state or not (Path(run_dir) / BEST_MODEL).is_file():
         return False
     cfg = RunConfig.load(run_dir)
-    return state["epoch"] + 1 >= cfg.epochs and not _adjustment_due(cfg, state)
+    return state["epoch"] + 1 >= cfg.epochs and not _adjustment_due(cfg, state) and not _heldout_due(cfg, state)
+
+
+HELDOUT = "heldout.json"
+
+
+def score_heldout(run_dir: Path, cfg: RunConfig, heldout: Pairs) -> dict:
+    """Score the run's final model on its held-out groups once (they took no part in training or in picking
+    the epoch and adjustment) and write `heldout.json`; returns the summary kept in the run's state."""
+    model = load_keras_model(Path(run_dir) / BEST_MODEL)
+    scores = evaluate_arrays(keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), heldout, cfg.classes)
+    record = {"miou": scores.miou, "groups": list(cfg.holdout_groups), "num_images": len(heldout),
+              "method": "holdout-groups", "scores": scores.to_dict()}
+    atomic_write_text(Path(run_dir) / HELDOUT, json.dumps(record, indent=2) + "\n")
+    return {k: record[k] for k in ("miou", "groups", "num_images", "method")}
 
 
 def _save_best(run_dir: Path, model: keras.Model, scores: SegmentationScores) -> None:
@@ -233,6 +320,8 @@ def adjust_logits(run_dir: Path, cfg: RunConfig, best_epoch: int, weights: np.nd
     kept in the run's state: alpha (0: none helped, model kept as trained) and val mIoU before and after.
     """
     model = load_keras_model(run_dir / CHECKPOINTS / f"epoch_{best_epoch:03d}.keras")
+    if cfg.logit_alpha is not None:
+        return _fixed_adjustment(run_dir, cfg, model, weights, val_arrays)
     scores = scores_by_alpha(keras_logits_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, weights,
                              cfg.classes)
     trained = scores[0.0]
@@ -248,6 +337,18 @@ def adjust_logits(run_dir: Path, cfg: RunConfig, best_epoch: int, weights: np.nd
             _save_best(run_dir, model, adjusted)
             return {"alpha": alpha, "val_miou_trained": trained.miou, "val_miou": adjusted.miou}
     return {"alpha": 0.0, "val_miou_trained": trained.miou, "val_miou": trained.miou}
+
+
+def _fixed_adjustment(run_dir: Path, cfg: RunConfig, model: keras.Model, weights: np.ndarray,
+                      val_arrays: Pairs) -> dict:
+    """Fold the configured strength `cfg.logit_alpha` into the best model, without choosing it on data."""
+    alpha = float(cfg.logit_alpha or 0.0)
+    label_fn = keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std)
+    trained = evaluate_arrays(label_fn, val_arrays, cfg.classes).miou if val_arrays else None
+    fold_offsets(model, logit_offsets(weights, alpha))
+    save_atomic(run_dir / BEST_MODEL, model.save)
+    adjusted = evaluate_arrays(label_fn, val_arrays, cfg.classes).miou if val_arrays else None
+    return {"alpha": alpha, "fixed": True, "val_miou_trained": trained, "val_miou": adjusted}
 
 
 def keras_logits_fn(model: keras.Model, input_size: tuple[int, int], mean, std) -> Callable[[np.ndarray], np.ndarray]:

@@ -25,6 +25,10 @@ def build(
     output: str = typer.Option("logits", "--output", help="logits | labels."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for evaluation and latency."),
     force: bool = typer.Option(False, "--force", help="Rebuild every stage."),
+    holdout: str = typer.Option(
+        "auto", "--holdout-groups",
+        help="Recordings kept out of training for the held-out estimate: auto (the last group of the training "
+             "split when it has two or more), none, or comma-separated names."),
 ) -> None:
     """Data -> train -> calibrate -> export float and INT8 -> check -> evaluate -> bundle + report."""
     from ..build import BuildOptions
@@ -34,7 +38,7 @@ def build(
         raise EdgesegError(f"unknown target {target!r}; choose cpu or jetson")
     opts = BuildOptions(out=out or Path("build") / target, data=data, run=run, model=model, epochs=epochs,
                         batch_size=batch_size, input_size=parse_size(input_size), seed=seed, num_calib=num_calib,
-                        max_drop=max_drop, output=output, threads=threads, force=force)
+                        max_drop=max_drop, output=output, threads=threads, force=force, holdout=holdout)
     bundle, report = run_build(opts, target, log=typer.echo)
     typer.echo((bundle / "report.md").read_text())
     arts = report["artifacts"]

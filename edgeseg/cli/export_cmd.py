@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from ..summary import heldout_line
+
 
 def export(
     run: Path = typer.Argument(..., help="Training run folder."),
@@ -27,6 +29,9 @@ def export(
     batch: int = typer.Option(1, "--batch", help="jetson: static batch size."),
     calib_method: Optional[str] = typer.Option(
         None, "--calib-method", help="jetson: minmax | entropy | percentile | auto (default: auto with --eval-data)."),
+    heldout_run: Optional[Path] = typer.Option(
+        None, "--heldout-run", help="A run of the same recipe trained with --holdout-groups: exported alike and "
+                                    "scored on those recordings, as the bundle's held-out estimate."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
 ) -> None:
     """Convert a trained run into a deploy bundle (model files + edgeseg.json), checked and evaluated."""
@@ -36,7 +41,8 @@ def export(
                          eval_data=eval_data, eval_split=eval_split, max_drop=max_drop, debug_quant=debug_quant,
                          float_layers=[s for s in float_layers.split(",") if s],
                          float_ops=[s for s in float_ops.split(",") if s], force=force, threads=threads,
-                         opset=opset, layout=layout, batch=batch, calib_method=calib_method)
+                         opset=opset, layout=layout, batch=batch, calib_method=calib_method,
+                         heldout_run=heldout_run)
     result = export_bundle(run, out, opts, target, log=typer.echo)
     for err in result.quant_errors[:8]:
         typer.echo(f"  quant error {err.rmse_over_scale:7.3f} steps RMSE  {err.op:<18} {err.tensor}")
@@ -46,3 +52,6 @@ def export(
         summary += (f": float mIoU {comparison['float']['miou'] * 100:.2f}, INT8 "
                     f"{comparison['int8']['miou'] * 100:.2f} (drop {comparison['drop_points']:.2f} points)")
     typer.echo(summary)
+    heldout = result.manifest.evaluation.get("heldout")
+    if heldout:
+        typer.echo(heldout_line(heldout))

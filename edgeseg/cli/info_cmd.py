@@ -8,6 +8,7 @@ import typer
 
 from ..runtime.errors import EdgesegError
 from ..runtime.manifest import MANIFEST_NAME, read_manifest, shipped_bundles
+from ..summary import heldout_line
 
 
 def info(
@@ -38,8 +39,13 @@ def info(
                        f"sha256 {str(cal.get('sha256'))[:16]}")
         comparison = manifest.evaluation.get("comparison")
         if comparison:
-            typer.echo(f"accuracy: float mIoU {comparison['float']['miou'] * 100:.2f}, INT8 "
+            split = manifest.evaluation.get("split", "val")
+            typer.echo(f"accuracy on {split}: float mIoU {comparison['float']['miou'] * 100:.2f}, INT8 "
                        f"{comparison['int8']['miou'] * 100:.2f}, drop {comparison['drop_points']:.2f} points")
+        if manifest.evaluation.get("overlap_warning"):
+            typer.echo(f"warning: {manifest.evaluation['overlap_warning']}")
+        if manifest.evaluation.get("heldout"):
+            typer.echo(heldout_line(manifest.evaluation["heldout"]))
         typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
         return
     if (path / "config.json").is_file():

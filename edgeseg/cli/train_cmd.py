@@ -36,12 +36,33 @@ def train(
                                               help="Keep the encoder fixed for the first N epochs."),
     labels_fraction: float = typer.Option(1.0, "--labels-fraction",
                                           help="Train on this seeded fraction of the labeled images (at least 1)."),
+    train_splits: str = typer.Option("train", "--train-splits",
+                                     help="Comma-separated splits to train on (e.g. train,val for the final model)."),
+    val_split: str = typer.Option("val", "--val-split",
+                                  help="Split that picks the best epoch and adjustment strength; 'none' (or a "
+                                       "split also trained on) keeps the last epoch."),
+    holdout_groups: Optional[str] = typer.Option(
+        None, "--holdout-groups",
+        help="Comma-separated recordings kept out of training and model selection, scored once at the end "
+             "(the held-out estimate of accuracy on new footage)."),
+    group_pattern: Optional[str] = typer.Option(
+        None, "--group-pattern", help="Regex giving a frame's recording from its file name (first group, else "
+                                      "the match); default: dataset.yaml's, CamVid's prefix before '_'."),
+    logit_alpha: Optional[float] = typer.Option(None, "--logit-alpha",
+                                                help="Fixed logit-adjustment strength 0-1 (no choice on val)."),
+    crop_size: Optional[str] = typer.Option(None, "--crop-size", help="Training crop HxW (default: input size)."),
+    augment: str = typer.Option("standard", "--augment", help="standard | strong (scale 0.5-2, exposure, blur, "
+                                                              "noise)."),
 ) -> None:
     """Train a compact FCN; the best epoch by validation mIoU is kept as RUN/model.keras."""
     from rich.progress import Progress
 
+    from ..data.groups import parse_groups
+    from ..data.pipeline import AUGMENTS
     from ..data.readers import open_dataset
     from ..rundir import RunConfig
+    from ..runtime.errors import EdgesegError
+    from ..train import check_groups, val_overlap_warning
     from ..train import train as run_training
 
     if resume:
@@ -55,22 +76,44 @@ def train(
                         learning_rate=learning_rate, class_weighting=class_weighting,
                         init_from=str(init_from) if init_from else None,
                         freeze_encoder_epochs=freeze_encoder_epochs, labels_fraction=labels_fraction,
-                        logit_adjustment=logit_adjustment)
+                        logit_adjustment=logit_adjustment, logit_alpha=logit_alpha,
+                        train_splits=parse_groups(train_splits),
+                        val_split=None if val_split.lower() == "none" else val_split,
+                        holdout_groups=parse_groups(holdout_groups), group_pattern=group_pattern,
+                        crop_size=parse_size(crop_size) if crop_size else None, augment=augment)
+        if augment not in AUGMENTS:
+            raise EdgesegError(f"unknown --augment {augment!r}; choose from {', '.join(AUGMENTS)}")
+        if logit_alpha is not None and not 0 <= logit_alpha <= 1:
+            raise EdgesegError(f"--logit-alpha must be in [0, 1], got {logit_alpha}")
+    for split, groups in check_groups(cfg).items():
+        typer.echo(f"{split}: " + ", ".join(f"{g} ({n})" for g, n in groups.items()))
+    if cfg.holdout_groups:
+        typer.echo(f"held out (never trained on or selected on): {', '.join(cfg.holdout_groups)}")
+    warning = val_overlap_warning(cfg)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
     out.mkdir(parents=True, exist_ok=True)
     with Progress(transient=True) as progress:
         task = progress.add_task("training", total=cfg.epochs)
 
         def on_epoch(epoch: int, row: dict) -> None:
             progress.update(task, completed=epoch + 1)
-            progress.console.print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}  "
-                                   f"val mIoU {row['val_miou'] * 100:.2f}")
+            val = f"  val mIoU {row['val_miou'] * 100:.2f}" if row["val_miou"] != "" else ""
+            progress.console.print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}{val}")
 
         result = run_training(cfg, out, resume=resume, skip_bad=skip_bad, strategy=strategy,
                               backbone_weights=backbone_weights, freeze_backbone=freeze_backbone, on_epoch=on_epoch)
     skipped = f", {result.skipped} bad samples skipped" if result.skipped else ""
     adjustment = result.adjustment
-    typer.echo(f"trained {cfg.model} for {result.epochs_run} epochs in {result.seconds:.0f}s: best val mIoU "
-               f"{result.best_miou * 100:.2f} (epoch {result.best_epoch + 1}) -> {out / 'model.keras'}{skipped}")
+    chosen = (f"best val mIoU {result.best_miou * 100:.2f} (epoch {result.best_epoch + 1})" if cfg.selects_on_val
+              else f"last epoch kept ({result.best_epoch + 1}, no validation split)")
+    typer.echo(f"trained {cfg.model} for {result.epochs_run} epochs in {result.seconds:.0f}s: {chosen} -> "
+               f"{out / 'model.keras'}{skipped}")
     if adjustment and adjustment["alpha"]:
-        typer.echo(f"logit adjustment (strength {adjustment['alpha']}, chosen on val): val mIoU "
-                   f"{adjustment['val_miou_trained'] * 100:.2f} -> {adjustment['val_miou'] * 100:.2f}")
+        how = "fixed" if adjustment.get("fixed") else "chosen on val"
+        change = (f": val mIoU {adjustment['val_miou_trained'] * 100:.2f} -> {adjustment['val_miou'] * 100:.2f}"
+                  if adjustment.get("val_miou") is not None else "")
+        typer.echo(f"logit adjustment (strength {adjustment['alpha']}, {how}){change}")
+    if result.heldout:
+        typer.echo(f"held-out estimate on unseen recordings {', '.join(result.heldout['groups'])}: mIoU "
+                   f"{result.heldout['miou'] * 100:.2f} ({result.heldout['num_images']} frames)")

@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from edgeseg.data.groups import PREFIX_PATTERN, compile_pattern, group_of
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.manifest import IGNORE_INDEX
 
@@ -43,6 +44,8 @@ class DataError(EdgesegError):
 class Sample:
     image: Path
     mask: Path | None
+    #: The recording the frame comes from (see `edgeseg.data.groups`), None where unknown.
+    group: str | None = None
 
 
 @dataclass
@@ -55,6 +58,13 @@ class DatasetSpec:
     palette: list[list[int]]
     #: The label value on disk that means "ignore" (mapped to IGNORE_INDEX on load), or None.
     ignore_index_on_disk: int | None
+    #: The regular expression that gives each sample's group (recording), None where groups are unknown.
+    group_pattern: str | None = None
+
+    @property
+    def groups(self) -> list[str | None]:
+        """Each sample's group, in sample order."""
+        return [s.group for s in self.samples]
 
     @property
     def num_classes(self) -> int:
@@ -86,8 +96,8 @@ def _is_colour(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 3 and all(_is_int(v, 0, 255) for v in value)
 
 
-def _read_meta(path: Path) -> tuple[list[str], list[list[int]], int | None]:
-    """Classes, palette and on-disk ignore value from a dataset.yaml (palette and ignore optional)."""
+def _read_meta(path: Path) -> tuple[list[str], list[list[int]], int | None, str | None]:
+    """Classes, palette, on-disk ignore value and group pattern from a dataset.yaml (all but classes optional)."""
     try:
         meta = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -104,16 +114,22 @@ def _read_meta(path: Path) -> tuple[list[str], list[list[int]], int | None]:
     ignore = meta.get("ignore_index", IGNORE_INDEX)
     if ignore is not None and not _is_int(ignore, len(classes), 255):
         raise DataError(f"{path}: ignore_index must be null or an integer {len(classes)}..255, got {ignore!r}")
-    return classes, palette, ignore
+    pattern = meta.get("group_pattern")
+    if pattern is not None and not isinstance(pattern, str):
+        raise DataError(f"{path}: group_pattern must be a regular expression string, got {pattern!r}")
+    return classes, palette, ignore, pattern
 
 
-def _metadata(root: Path, fmt: str) -> tuple[list[str], list[list[int]], int | None]:
+def _metadata(root: Path, fmt: str) -> tuple[list[str], list[list[int]], int | None, str | None]:
+    """Classes, palette, on-disk ignore value and group pattern (camvid: the prefix before the first `_`)."""
+    default_pattern = PREFIX_PATTERN if fmt == "camvid" else None
     if (root / META_NAME).is_file():
-        return _read_meta(root / META_NAME)
+        classes, palette, ignore, pattern = _read_meta(root / META_NAME)
+        return classes, palette, ignore, pattern or default_pattern
     if fmt == "camvid":
-        return list(CAMVID_CLASSES), [list(c) for c in CAMVID_PALETTE], CAMVID_VOID
+        return list(CAMVID_CLASSES), [list(c) for c in CAMVID_PALETTE], CAMVID_VOID, default_pattern
     if fmt == "voc":
-        return list(VOC_CLASSES), voc_colormap(len(VOC_CLASSES)), IGNORE_INDEX
+        return list(VOC_CLASSES), voc_colormap(len(VOC_CLASSES)), IGNORE_INDEX, None
     raise DataError(f"{root}: no {META_NAME}; a {fmt} dataset needs one listing classes, palette and "
                     "ignore_index")
 
@@ -136,6 +152,8 @@ def _pairs_splits(root: Path) -> list[str]:
 
 def detect_format(root: Path) -> str:
     """The layout of the dataset folder `root`: "voc", "camvid" or "pairs"."""
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
     if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
         return "voc"
     if _camvid_splits(root):
@@ -161,6 +179,16 @@ def _missing_split(root: Path, split: str, available: list[str]) -> DataError:
     return DataError(f"{root}: no split {split!r}; it has: {', '.join(available) or 'none'}")
 
 
+def split_names(root: Path, fmt: str) -> list[str]:
+    """The splits of the dataset at `root` in layout `fmt` ("all" for a pairs folder without splits)."""
+    if fmt == "camvid":
+        return _camvid_splits(root)
+    if fmt == "pairs":
+        return ["all"] if _has_pairs(root) else _pairs_splits(root)
+    lists = root / "ImageSets" / "Segmentation"
+    return sorted(p.stem for p in lists.glob("*.txt")) if lists.is_dir() else []
+
+
 def _samples(root: Path, fmt: str, split: str) -> list[Sample]:
     if fmt == "camvid":
         if split not in _camvid_splits(root):
@@ -182,16 +210,26 @@ def _samples(root: Path, fmt: str, split: str) -> list[Sample]:
     return [Sample(root / "JPEGImages" / f"{s}.jpg", m if m.is_file() else None) for s, m in zip(stems, masks)]
 
 
-def open_dataset(root: str | os.PathLike[str], split: str = "train", format: str | None = None) -> DatasetSpec:
-    """Index one split of the dataset at `root` (format None: detect it from the folder structure)."""
+def open_dataset(root: str | os.PathLike[str], split: str = "train", format: str | None = None,
+                 group_pattern: str | None = None) -> DatasetSpec:
+    """Index one split of the dataset at `root` (format None: detect it from the folder structure).
+
+    `group_pattern` overrides the dataset's own (dataset.yaml, or CamVid's prefix before the first `_`).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     if format is not None and format not in FORMATS:
         raise DataError(f"{root}: unknown dataset format {format!r}; expected one of {', '.join(FORMATS)}")
     fmt = format or detect_format(root)
-    classes, palette, ignore = _metadata(root, fmt)
-    return DatasetSpec(root, fmt, split, _samples(root, fmt, split), classes, palette, ignore)
+    classes, palette, ignore, pattern = _metadata(root, fmt)
+    pattern = group_pattern or pattern
+    where = "--group-pattern" if group_pattern else str(root / META_NAME)
+    compiled = compile_pattern(pattern, where) if pattern else None
+    samples = _samples(root, fmt, split)
+    for sample in samples:
+        sample.group = group_of(sample.image, compiled)
+    return DatasetSpec(root, fmt, split, samples, classes, palette, ignore, pattern)
 
 
 def read_image(path: Path) -> np.ndarray:
