@@ -63,10 +63,9 @@ MIN_CHANNELS = 16
 
 
 class Net:
-    """Producer/consumer maps of a float graph (a Q/DQ graph seen through its Q/DQ pairs, see `float_view`)."""
+    """Producers, constants and outputs of a float graph (a Q/DQ graph: through `float_view` first)."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
         self.consts = {i.name for i in graph.initializer} | {
             n.output[0] for n in graph.node if n.op_type == "Constant"}
         self.producer = {o: n for n in graph.node for o in n.output}

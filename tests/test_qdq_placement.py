@@ -116,3 +116,26 @@ def test_trained_model_int8_within_half_a_point(tiny_run, synth_data, tmp_path, 
     check(bundle)
     out = capsys.readouterr().out
     assert "warning" not in out and out.strip().endswith("every ONNX artifact is TensorRT-conformant")
+
+
+@pytest.mark.parametrize("weight, group, kernel, graph_input, kept", [
+    ((11, 32), 1, 1, False, True),  # fcn-*'s classifier: 32 inputs, a multiple of 8
+    ((11, 11), 1, 8, False, False),  # neither side a multiple of 8, both under 16
+    ((16, 3), 1, 3, False, True),  # the stem: 16 outputs
+    ((8, 3), 1, 3, True, True),  # a small first layer on the graph input
+    ((8, 3), 1, 3, False, False),  # the same conv deeper in: no int8 kernel ModelOpt trusts
+    ((24, 1), 24, 3, False, True),  # depthwise 3x3, 24 channels
+    ((12, 1), 12, 3, False, False),  # depthwise, 12 channels: not a multiple of 8
+])
+def test_small_channel_convs_as_modelopt_excludes_them(weight, group, kernel, graph_input, kept):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeseg.converters.qdq_placement import small_channel_convs
+
+    out_c, in_c = weight
+    w = numpy_helper.from_array(np.ones((out_c, in_c, kernel, kernel), np.float32), "w")
+    pre = [] if graph_input else [helper.make_node("Relu", ["x"], ["h"], name="relu")]
+    conv = helper.make_node("Conv", ["x" if graph_input else "h", "w"], ["y"], name="conv", group=group)
+    graph = helper.make_graph([*pre, conv], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    assert small_channel_convs(graph) == ([] if kept else ["conv"])
