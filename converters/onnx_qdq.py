@@ -8,8 +8,11 @@ shares one Q/DQ pair per tensor. Its options are set to TensorRT's placement rul
   int8 (zero point 0), weights per-channel symmetric int8;
 * their outputs are not (`OpTypesToExcludeOutputQuantization`), so nothing sits between a Conv and
   its ReLU and TensorRT fuses conv + bias + ReLU; ReLU is not in the list, so it is kept, not removed;
-* both inputs of every skip Add are quantized (TensorRT fuses DQ + Add + ReLU + Q, or the Add into
-  the producing conv);
+* each skip Add has only its residual input quantized: the input produced by a convolution's fused
+  epilogue stays float, so TensorRT fuses the Add into that convolution (`qdq_placement`, which follows
+  the TensorRT guide and NVIDIA Model Optimizer and cites both);
+* the output layer (fcn-*'s full-resolution ConvTranspose) and convs without a trusted int8 kernel stay
+  float, as Model Optimizer leaves them;
 * Adds with a constant operand (the folded input normalisation) stay float: the first Q then sees
   normalised values, not 0..255 pixels crushed by a symmetric scale onto 0..127;
 * bias stays float (`QuantizeBias` off: an int32 DequantizeLinear is outside TensorRT's op support);
@@ -42,6 +45,7 @@ from edgeseg.runtime.manifest import IGNORE_INDEX, Artifact, InputSpec
 from edgeseg.runtime.preprocess import labels_from_output, resize_labels, to_model_input
 
 from .onnx import artifact_from_onnx, get_metadata, save_onnx, set_metadata
+from .qdq_placement import float_nodes, fused_add_inputs, remove_input_qdq, summary
 from .trt_conformance import ensure_conformant
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -86,7 +90,7 @@ def quantize_qdq(
         os.replace(candidates[best], out)
     artifact = artifact_from_onnx(out, backend="onnxruntime", precision="int8")
     artifact.extra.update(calibration_method=best, calibration_frames=len(calib_frames),
-                          calibration_scores=scores)
+                          calibration_scores=scores, qdq_placement=summary(out))
     return artifact, scores
 
 
@@ -123,7 +127,7 @@ def calibrate(fp32: Path, frames: Sequence[np.ndarray]) -> dict[str, dict[str, f
 def _activations(graph: onnx.GraphProto) -> list[str]:
     """The tensors quantize_static quantizes as activations: non-constant inputs of quantized ops."""
     consts = {init.name for init in graph.initializer}
-    excluded = set(_constant_adds(graph))
+    excluded = set(float_nodes(graph))
     names = {name for node in graph.node if node.op_type in QUANTIZED_OPS and node.name not in excluded
              for name in node.input if name and name not in consts}
     return sorted(names)
@@ -176,7 +180,7 @@ def _quantize(fp32: Path, out: Path, thresholds: dict[str, float], method: str) 
         weight_type=QuantType.QInt8,
         per_channel=True,
         op_types_to_quantize=list(QUANTIZED_OPS),
-        nodes_to_exclude=_constant_adds(model.graph),
+        nodes_to_exclude=float_nodes(model.graph),
         extra_options={
             "ActivationSymmetric": True,
             "WeightSymmetric": True,
@@ -186,17 +190,12 @@ def _quantize(fp32: Path, out: Path, thresholds: dict[str, float], method: str) 
         },
     )
     qdq = onnx.load(str(raw))
+    remove_input_qdq(qdq.graph, fused_add_inputs(model.graph))
     set_metadata(qdq, **get_metadata(model), calibration=method)
     del qdq.graph.value_info[:]  # re-inferred (and checked) by save_onnx
     save_onnx(qdq, out)
     ensure_conformant(out)
     return out
-
-
-def _constant_adds(graph: onnx.GraphProto) -> list[str]:
-    """Add nodes with an initializer operand: normalisation (or an unfolded bias), not a skip connection."""
-    consts = {init.name for init in graph.initializer}
-    return [n.name for n in graph.node if n.op_type == "Add" and any(i in consts for i in n.input)]
 
 
 def model_batches(frames: Sequence[np.ndarray], spec: InputSpec) -> Iterator[np.ndarray]:

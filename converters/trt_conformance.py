@@ -3,6 +3,7 @@
 Checked statically, without TensorRT: every op in the ONNX parser's supported list, static shapes
 everywhere, and Q/DQ nodes as TensorRT requires them (int8, zero point 0, positive finite constant
 scales, per-channel axes that match the tensor; Conv weights on axis 0, ConvTranspose on axis 1).
+Where Q/DQ sits (which fusions it allows) is `qdq_placement`'s, and only warned about.
 """
 from __future__ import annotations
 
@@ -73,13 +74,17 @@ def check_onnx(model: onnx.ModelProto | str | os.PathLike[str]) -> list[Violatio
     return [*_check_ops(graph), *_check_shapes(graph, consts), *_check_qdq(graph, consts)]
 
 
+def bundle_onnx_files(bundle_dir: str | os.PathLike[str]) -> list[str]:
+    """File names of a bundle's ONNX artifacts, sorted."""
+    manifest = read_manifest(Path(bundle_dir))
+    return sorted({a.file for a in manifest.artifacts.values() if a.file.endswith(".onnx")})
+
+
 def check_bundle(bundle_dir: str | os.PathLike[str]) -> list[Violation]:
     """Violations in every ONNX artifact of a bundle, node names prefixed with the file name."""
     root = Path(bundle_dir)
-    manifest = read_manifest(root)
-    files = sorted({a.file for a in manifest.artifacts.values() if a.file.endswith(".onnx")})
     return [Violation(f"{name}:{v.node}", v.rule, v.detail)
-            for name in files for v in check_onnx(root / name)]
+            for name in bundle_onnx_files(root) for v in check_onnx(root / name)]
 
 
 def ensure_conformant(path: str | os.PathLike[str]) -> None:

@@ -301,6 +301,9 @@ def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: 
     log(f"convert: Q/DQ INT8 ONNX (calibration {method})")
     artifacts["int8"], scores = onnx_qdq.quantize_qdq(staging / "model_fp32.onnx", staging / "model_int8_qdq.onnx",
                                                       frames, method, score_fn, thresholds=json.loads(ranges))
+    placed = artifacts["int8"].extra["qdq_placement"]
+    log(f"Q/DQ placement: {placed['qdq_pairs']} pairs, {len(placed['float_convs'])} float convolution(s), "
+        f"{placed['skip_adds']['one_input_quantized']} skip Add(s) fused into their convolution")
     (staging / "calibration_ranges.json").write_bytes(ranges)
     result.manifest.calibration = {**calib.record(), "cache": str(result.calibration_cache),
                                    "ranges_file": "calibration_ranges.json",

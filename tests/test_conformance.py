@@ -1,4 +1,5 @@
-"""The TensorRT conformance check on hand-built graphs: one valid Q/DQ graph, then one broken rule each."""
+"""The TensorRT conformance check on hand-built graphs: one valid Q/DQ graph, then one broken rule each;
+then Q/DQ placements that block a TensorRT fusion, which `edgeseg check` warns about without failing."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseg.converters.onnx import save_onnx
+from edgeseg.converters.qdq_placement import placement_warnings
 from edgeseg.converters.trt_conformance import Violation, check_bundle, check_onnx, ensure_conformant
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, staging_dir, write_bundle
@@ -137,3 +139,73 @@ def test_check_bundle_names_file_and_node(tmp_path):
     write_bundle(staging, bundle, Manifest(["a", "b"], [[0, 0, 0], [1, 1, 1]], artifacts, default="good"))
     assert {(v.node, v.rule) for v in check_bundle(bundle)} == {
         ("bad.onnx:x_q", "qdq-zero-point"), ("bad.onnx:x_dq", "qdq-zero-point")}
+
+
+def residual_model(quantized_conv_output: bool = False, qdq_before_relu: bool = False) -> onnx.ModelProto:
+    """x -> conv_a -> relu_a = r; r -> conv_b = y; add(r, y) -> relu -> out, with Q/DQ on every conv input.
+
+    `quantized_conv_output`: Q/DQ on y too (both Add inputs quantized). `qdq_before_relu`: the Add is
+    replaced by Q/DQ between conv_b and a ReLU."""
+    inits = [
+        numpy_helper.from_array(np.ones((4, 4, 3, 3), np.int8), "w_q"),
+        numpy_helper.from_array(np.full(4, 0.01, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "w_zero"),
+        numpy_helper.from_array(np.asarray(0.02, np.float32), "s"),
+        numpy_helper.from_array(ZERO, "z"),
+    ]
+
+    def qdq(name: str) -> list[onnx.NodeProto]:
+        return [helper.make_node("QuantizeLinear", [name, "s", "z"], [f"{name}_q"], name=f"{name}_quant"),
+                helper.make_node("DequantizeLinear", [f"{name}_q", "s", "z"], [f"{name}_dq"], name=f"{name}_deq")]
+
+    nodes = [
+        *qdq("x"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["wd"], name="w_dq", axis=0),
+        helper.make_node("Conv", ["x_dq", "wd"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="relu_a"),
+        *qdq("r"),
+        helper.make_node("Conv", ["r_dq", "wd"], ["y"], name="conv_b", pads=[1, 1, 1, 1]),
+    ]
+    if qdq_before_relu:
+        nodes += [*qdq("y"), helper.make_node("Relu", ["y_dq"], ["out"], name="relu_b")]
+    else:
+        nodes += [*(qdq("y") if quantized_conv_output else []),
+                  helper.make_node("Add", ["r_dq", "y_dq" if quantized_conv_output else "y"], ["sum"], name="add"),
+                  helper.make_node("Relu", ["sum"], ["out"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 4, 8, 8))],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 4, 8, 8))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_placement_as_tensorrt_fuses_it_gives_no_warning():
+    model = residual_model()
+    onnx.checker.check_model(model, full_check=True)
+    assert check_onnx(model) == [] and placement_warnings(model) == []
+
+
+def test_quantized_conv_output_into_a_residual_add_is_a_warning_not_a_violation():
+    model = residual_model(quantized_conv_output=True)
+    assert check_onnx(model) == []
+    [warning] = placement_warnings(model)
+    assert (warning.node, warning.rule) == ("add", "qdq-residual-add")
+    assert "input y from Conv conv_b is quantized" in warning.detail
+
+
+def test_qdq_between_conv_and_relu_is_a_warning():
+    assert [(w.node, w.rule) for w in placement_warnings(residual_model(qdq_before_relu=True))] == [
+        ("relu_b", "qdq-conv-output")]
+
+
+def test_check_command_prints_warnings_and_passes(tmp_path, capsys):
+    from edgeseg.cli.jetson_cmd import check
+
+    bundle = tmp_path / "bundle"
+    staging = staging_dir(bundle)
+    save_onnx(residual_model(quantized_conv_output=True), staging / "model.onnx")
+    spec = InputSpec(height=8, width=8, layout="NCHW", dtype="float32")
+    artifact = Artifact("model.onnx", "onnxruntime", "int8", spec, OutputSpec(layout="NCHW"))
+    write_bundle(staging, bundle, Manifest(["a", "b"], [[0, 0, 0], [1, 1, 1]], {"int8": artifact}, default="int8"))
+    check(bundle)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("warning: model.onnx:add: qdq-residual-add: input y from Conv conv_b")
+    assert lines[-1] == f"{bundle}: every ONNX artifact is TensorRT-conformant (1 Q/DQ placement warning(s))"

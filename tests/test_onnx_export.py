@@ -16,9 +16,10 @@ SIZE = (64, 96)
 MEAN, STD = (120.0, 110.0, 100.0), (60.0, 62.0, 64.0)
 
 
-def random_deploy_model(output: str = "logits", seed: int = 0):
-    """fcn-tiny (6 classes) with random weights and BatchNorm statistics (so folding them is
-    exercised), as a deploy model at SIZE. The classifier bias is centred on the mean logits of
+def random_deploy_model(output: str = "logits", seed: int = 0, name: str = "fcn-tiny",
+                        size: tuple[int, int] = SIZE):
+    """`name` (fcn-tiny by default, 6 classes) with random weights and BatchNorm statistics (so folding
+    them is exercised), as a deploy model at `size`. The classifier bias is centred on the mean logits of
     random images, so the labels vary over an image instead of one class winning everywhere."""
     import keras
 
@@ -26,7 +27,7 @@ def random_deploy_model(output: str = "logits", seed: int = 0):
     from edgeseg.model import build_model
 
     keras.utils.set_random_seed(seed)
-    model = build_model("fcn-tiny", 6, SIZE)
+    model = build_model(name, 6, size)
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -35,9 +36,9 @@ def random_deploy_model(output: str = "logits", seed: int = 0):
                                rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
     classifier = model.get_layer("classifier")
     kernel, bias = classifier.get_weights()
-    logits = np.asarray(model(rng.uniform(-1, 1, (4, *SIZE, 3)).astype(np.float32)))
+    logits = np.asarray(model(rng.uniform(-1, 1, (4, *size, 3)).astype(np.float32)))
     classifier.set_weights([kernel, bias - logits.mean(axis=(0, 1, 2))])
-    return deploy_model(model, "fcn-tiny", 6, SIZE, MEAN, STD, output=output)
+    return deploy_model(model, name, 6, size, MEAN, STD, output=output)
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,12 @@ def test_qdq_placement_for_tensorrt(models):
 
     convs = [n for n in g.node if n.op_type in ("Conv", "ConvTranspose")]
     assert len(convs) == 22
+    output_layer = producer["logits"]  # 64x96 needs no crop: the full-resolution ConvTranspose
+    assert output_layer.op_type == "ConvTranspose" and source(output_layer.input[0]) == "Conv"
+    assert source(output_layer.input[1]) == "initializer"  # kept float, as Model Optimizer does
     for conv in convs:
+        if conv is output_layer:
+            continue
         assert [source(n) for n in conv.input[:2]] == ["DequantizeLinear"] * 2, conv.name
         weight_dq = producer[conv.input[1]]
         axis = next(a.i for a in weight_dq.attribute if a.name == "axis")
@@ -101,7 +106,9 @@ def test_qdq_placement_for_tensorrt(models):
         if node.op_type == "Relu":  # conv + bias + ReLU fuse: nothing between them
             assert source(node.input[0]) in ("Conv", "Add")
     adds = [n for n in g.node if n.op_type == "Add" and not any(i in consts for i in n.input)]
-    assert len(adds) == 5 and all(source(i) == "DequantizeLinear" for a in adds for i in a.input)
+    assert len(adds) == 5  # residual input quantized, the other fuses into the conv that produces it
+    assert all(sorted(source(i) in ("Conv", "ConvTranspose") for i in a.input) == [False, True] for a in adds)
+    assert all(source(i) in ("DequantizeLinear", "Conv", "ConvTranspose") for a in adds for i in a.input)
 
 
 def test_normalisation_stays_float_before_the_first_q(models):

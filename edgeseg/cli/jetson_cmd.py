@@ -10,7 +10,9 @@ from ..runtime.errors import EdgesegError
 
 
 def check(bundle: Path = typer.Argument(..., help="Bundle folder with ONNX artifacts.")) -> None:
-    """Check every ONNX artifact against TensorRT's rules: ops, static shapes, Q/DQ zero points, scales, axes."""
+    """Check every ONNX artifact against TensorRT's rules: ops, static shapes, Q/DQ zero points, scales, axes;
+    warn (without failing) about Q/DQ placed where it keeps TensorRT from fusing layers."""
+    from ..converters.qdq_placement import bundle_placement_warnings
     from ..converters.trt_conformance import check_bundle
 
     violations = check_bundle(bundle)
@@ -18,7 +20,11 @@ def check(bundle: Path = typer.Argument(..., help="Bundle folder with ONNX artif
         typer.echo(str(v))
     if violations:
         raise EdgesegError(f"{bundle}: {len(violations)} TensorRT conformance violation(s)")
-    typer.echo(f"{bundle}: every ONNX artifact is TensorRT-conformant")
+    warnings = bundle_placement_warnings(bundle)
+    for w in warnings:
+        typer.echo(f"warning: {w}")
+    note = f" ({len(warnings)} Q/DQ placement warning(s))" if warnings else ""
+    typer.echo(f"{bundle}: every ONNX artifact is TensorRT-conformant{note}")
 
 
 def compile_cmd(
