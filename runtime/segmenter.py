@@ -49,6 +49,15 @@ class Segmenter:
         self.runner.activate()
         return self
 
+    def warmup(self, runs: int = 2) -> Self:
+        """Load the model and run it `runs` times on a blank frame, so the first real frame is not slow
+        (call before opening a live source, so that it does not buffer frames meanwhile)."""
+        spec = self.runner.artifact.input
+        blank = np.zeros((spec.height, spec.width, 3), np.uint8)
+        for _ in range(runs):
+            self.segment(blank)
+        return self
+
     def close(self) -> None:
         self.runner.deactivate()
 

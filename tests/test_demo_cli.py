@@ -57,6 +57,13 @@ def test_mask_mode_to_png_folder(tiny_bundle: Path, video: Path, tmp_path: Path)
     assert colours <= palette
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _listening_port() -> tuple[socket.socket, int]:
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))

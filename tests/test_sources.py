@@ -240,3 +240,25 @@ def test_iterating_to_the_end_closes(video_file: Path) -> None:
     source = open_source(video_file)
     assert len(list(source)) == 12
     assert source.read() is None
+
+
+class BufferedStream(sources.Source):
+    """A live stream that had `buffered` frames waiting when it was opened, then gives one per 1/fps s."""
+
+    def __init__(self, buffered: int, live: int, fps: float):
+        super().__init__("buffered://", fps)
+        self._buffered, self._total = buffered, buffered + live
+
+    def read(self) -> sources.Frame | None:
+        if self._index == self._total or (self._index >= self._buffered and self._closing.wait(1 / self.fps)):
+            return None
+        return self._frame(make_image(self._index))
+
+
+def test_a_streams_backlog_is_skipped_not_dropped() -> None:
+    source = sources.LatestFrameSource(BufferedStream(buffered=20, live=10, fps=50))
+    frames = list(source)
+    assert source.dropped == 0 and 15 <= source.backlog <= 21
+    assert len(frames) == 30 - source.backlog and len(frames) >= 10
+    assert [f.index for f in frames] == list(range(len(frames)))  # no gap: the pipeline counts no drop
+    np.testing.assert_array_equal(frames[-1].image, make_image(29))

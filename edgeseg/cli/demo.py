@@ -47,7 +47,8 @@ def demo(
         help="Frame rate to request from a camera (and to play files at with --realtime)."),
     flip: str = typer.Option(
         "none", help="Flip or rotate frames (nvvidconv names: rotate-180, clockwise, horizontal, ...)."),
-    max_frames: Optional[int] = typer.Option(None, min=1, help="Stop after this many frames."),
+    max_frames: Optional[int] = typer.Option(
+        None, min=1, help="Stop after writing this many frames to the sink (frames dropped on the way do not count)."),
     stats_json: Optional[str] = typer.Option(
         None, help="Write frame counts, FPS and p50/p90/p99 per stage and of latency to this JSON file."),
     artifact: Optional[str] = typer.Option(None, help="Bundle artifact to run (default: the manifest's)."),
@@ -65,7 +66,7 @@ def demo(
     from ..runtime.sources import open_source
     from ..runtime.stats import Stats
 
-    seg = Segmenter(bundle, artifact=artifact, threads=threads)
+    seg = Segmenter(bundle, artifact=artifact, threads=threads).warmup()
     src = open_source(source, width=width, height=height, fps=fps, flip=flip, loop=loop, realtime=realtime)
     stats = Stats()
     try:
