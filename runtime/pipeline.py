@@ -248,10 +248,12 @@ class Pipeline:
                    for group, inp, out in zip(groups, inputs, outputs)]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.1)
-                self._check_signals()
+        while alive := [thread for thread in threads if thread.is_alive()]:
+            if not self.sink.pump(0.1):
+                alive[0].join(0.1)
+            if self.sink.done and not self._stop.is_set():  # closed while no frame came
+                self.stop()
+            self._check_signals()
 
     def _loop(self, group: list[tuple[str, Stage]], inp: Channel | None, out: Channel | None) -> None:
         """Run `group` on every frame from `inp` (from the source if None) and pass it on to `out`

@@ -2,7 +2,8 @@
 
 `open_sink(uri)` understands:
 
-- `display://0`, `window`: an OpenCV window (needs a display and OpenCV with GUI support);
+- `display://0`, `window`: a window (see `window`: needs a display and OpenCV with GUI support);
+- `auto`: a window where one can be shown, else `http://127.0.0.1:8080` (any free port if that one is taken);
 - `out.mp4`, `out.avi`, `out.mkv`, `out.mov` (`file://` prefix optional): a video file, written to a
   hidden temporary name and renamed on `close()`, so an interrupted run leaves no half-written file;
 - `dir/`, `folder://dir`, or an existing folder: numbered PNG images (lossless);
@@ -14,9 +15,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
-import re
 import secrets
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -37,6 +36,7 @@ log = logging.getLogger(__name__)
 #: Video container suffix -> cv2.VideoWriter FourCC.
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 DEFAULT_FPS = 30.0
+DEFAULT_PORT = 8080
 
 
 class Sink(abc.ABC):
@@ -50,6 +50,11 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def write(self, image: np.ndarray) -> None:
         """Output one BGR uint8 frame."""
+
+    def pump(self, timeout: float) -> bool:
+        """Called again and again by the thread that runs a pipelined run, while it runs: do there what
+        must be done there (a window's drawing and events) for up to `timeout` s. False: nothing to do."""
+        return False
 
     def close(self) -> None:
         """Finish the output (finalise files, stop servers). Idempotent."""
@@ -126,38 +131,6 @@ class ImageFolderSink(Sink):
         self.frames += 1
 
 
-def has_display() -> bool:
-    """Whether a window can be shown: a GUI-enabled OpenCV and, on Linux, an X11/Wayland display."""
-    if re.search(r"GUI:\s*NONE", cv2.getBuildInformation()):
-        return False
-    on_linux = sys.platform.startswith("linux")
-    return not on_linux or any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY"))
-
-
-class DisplaySink(Sink):
-    """An OpenCV window; closing it or pressing q / Esc sets `done`."""
-
-    def __init__(self, uri: str, title: str = "edgeseg"):
-        super().__init__(uri)
-        if not has_display():
-            raise EdgesegError(f"{uri}: no display here (headless OpenCV or no DISPLAY); "
-                               "use --sink http://127.0.0.1:8080 to watch in a browser")
-        self.title = title
-        self._shown = False
-
-    def write(self, image: np.ndarray) -> None:
-        cv2.imshow(self.title, image)
-        self._shown = True
-        key = cv2.waitKey(1) & 0xFF
-        if key in (ord("q"), 27) or cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
-            self.done = True
-
-    def close(self) -> None:
-        if self._shown:
-            cv2.destroyWindow(self.title)
-            self._shown = False
-
-
 class MjpegSink(Sink):
     """An MJPEG stream and web page served by `MjpegServer`; frames are encoded only while watched."""
 
@@ -170,6 +143,10 @@ class MjpegSink(Sink):
     @property
     def url(self) -> str:
         return self.server.url
+
+    @property
+    def urls(self) -> list[str]:
+        return self.server.urls
 
     def write(self, image: np.ndarray) -> None:
         if self.server.viewers:
@@ -193,12 +170,19 @@ def open_sink(uri: str | Path, *, fps: float | None = None,
     scheme, rest = split_uri(uri)
     if uri in ("null", "null://"):
         return NullSink(uri)
-    if scheme == "display" or uri in ("window", "display"):
-        return DisplaySink(uri)
+    if scheme == "display" or uri in ("window", "display", "auto"):
+        from .window import DisplaySink, has_display
+
+        if uri != "auto" or has_display():
+            return DisplaySink(uri)
+        try:
+            return MjpegSink(uri, "127.0.0.1", DEFAULT_PORT, legend=legend, stats=stats)
+        except EdgesegError:  # the port is taken: any free one
+            return MjpegSink(uri, "127.0.0.1", 0, legend=legend, stats=stats)
     if scheme == "http":
         parts = urlsplit(uri)
         try:
-            port = parts.port if parts.port is not None else 8080
+            port = parts.port if parts.port is not None else DEFAULT_PORT
         except ValueError:
             raise EdgesegError(f"{uri}: invalid port") from None
         return MjpegSink(uri, parts.hostname or "127.0.0.1", port, legend=legend, stats=stats)
@@ -210,4 +194,4 @@ def open_sink(uri: str | Path, *, fps: float | None = None,
     if path.suffix.lower() in VIDEO_CODECS:
         return VideoFileSink(uri, path, fps or DEFAULT_FPS)
     raise EdgesegError(f"{uri}: unknown sink (use a video file {', '.join(VIDEO_CODECS)}, a folder/, "
-                       "http://HOST:PORT, display://0 or null)")
+                       "http://HOST:PORT, display://0, auto or null)")

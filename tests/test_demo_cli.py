@@ -1,14 +1,20 @@
 """`edgeseg demo` as users run it: a subprocess, real files, one-line errors, SIGTERM / Ctrl-C."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -16,7 +22,7 @@ import pytest
 from test_sources import decoded_frames, write_video
 
 from edgeseg.runtime.manifest import read_manifest
-from edgeseg.runtime.sinks import has_display
+from edgeseg.runtime.window import has_display
 
 DEMO = [sys.executable, "-m", "edgeseg.cli.app", "demo"]
 SUMMARY = re.compile(r"^(\d+) frames in [\d.]+ s: [\d.]+ FPS, latency p50 [\d.]+ ms, (\d+) dropped -> (.+)$")
@@ -117,3 +123,59 @@ def test_signal_finalises_the_video(signum: int, tiny_bundle: Path, video: Path,
     assert match and int(match[1]) > 0
     assert len(decoded_frames(out)) == int(match[1])
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
+def _watch_urls(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[list[str], list[str]]:
+    """The URLs of the `watch:` lines `proc` prints, and the lines before them."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    seen: list[str] = []
+    while not any(line.startswith("watch: ") for line in seen) or not lines.empty():
+        seen.append(lines.get(timeout=timeout).rstrip("\n"))
+        time.sleep(0.2)  # the next watch line, if any, comes with this one
+    urls = [line.split()[1].rstrip("/") for line in seen if line.startswith("watch: ")]
+    return urls, [line for line in seen if not line.startswith("watch: ")]
+
+
+def test_auto_sink_without_a_display_serves_the_web_page(tiny_bundle: Path, video: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    with socket.socket() as default_port:  # 8080 taken (if it is not already): any free port instead
+        with contextlib.suppress(OSError):
+            default_port.bind(("127.0.0.1", 8080))
+            default_port.listen()
+        proc = subprocess.Popen([*DEMO, tiny_bundle, "--source", video, "--loop", "--realtime"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            (url,), before = _watch_urls(proc)
+            assert url.startswith("http://127.0.0.1:") and not url.endswith(":8080")
+            assert "no display (DISPLAY is not set)" in before[-1] and "--sink http://0.0.0.0:8080" in before[-1]
+            with urllib.request.urlopen(f"{url}/", timeout=10) as page:
+                assert b"<html" in page.read().lower()
+            deadline = time.monotonic() + 30
+            while json.load(urllib.request.urlopen(f"{url}/stats.json", timeout=10))["frames_out"] < 5:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert SUMMARY.match(stdout.strip().splitlines()[-1])
+
+
+def test_all_interfaces_sink_prints_addresses_to_browse(tiny_bundle: Path, video: Path) -> None:
+    proc = subprocess.Popen([*DEMO, tiny_bundle, "--source", video, "--sink", "http://0.0.0.0:0", "--loop"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        urls, _ = _watch_urls(proc)
+        hosts = [urlsplit(url).hostname for url in urls]
+        assert hosts[0] == "127.0.0.1" and "0.0.0.0" not in hosts
+        assert len({urlsplit(url).port for url in urls}) == 1
+        for url in urls:  # each is an address of this machine that the viewer answers on
+            with urllib.request.urlopen(f"{url}/info.json", timeout=10) as info:
+                assert "legend" in json.load(info)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0

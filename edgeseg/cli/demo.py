@@ -27,9 +27,10 @@ def demo(
         help="Input URI: camera 0 or /dev/video0, csi://0, rtsp://..., http://... (MJPEG), a video file, "
              "an image folder or glob."),
     sink: str = typer.Option(
-        "display://0", "--sink", "-o",
-        help="Output URI: display://0, out.mp4 / out.avi, dir/ (PNG images), http://HOST:PORT (MJPEG + web "
-             "page; host 127.0.0.1 unless given) or null."),
+        "auto", "--sink", "-o",
+        help="Output URI: auto (a window where one can be shown, else the web page on 127.0.0.1:8080), "
+             "display://0, out.mp4 / out.avi, dir/ (PNG images), http://HOST:PORT (MJPEG + web page; host "
+             "127.0.0.1 unless given; 0.0.0.0 for other machines) or null."),
     mode: Literal["overlay", "mask", "side"] = typer.Option(
         "overlay", help="overlay: labels blended on the frame; mask: labels only; side: frame and labels."),
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="Weight of the label colours in overlay mode."),
@@ -62,9 +63,10 @@ def demo(
     from ..runtime.pipeline import Pipeline
     from ..runtime.render import Renderer
     from ..runtime.segmenter import Segmenter
-    from ..runtime.sinks import MjpegSink, open_sink
+    from ..runtime.sinks import DEFAULT_PORT, MjpegSink, open_sink
     from ..runtime.sources import open_source
     from ..runtime.stats import Stats
+    from ..runtime.window import display_problem
 
     seg = Segmenter(bundle, artifact=artifact, threads=threads).warmup()
     src = open_source(source, width=width, height=height, fps=fps, flip=flip, loop=loop, realtime=realtime)
@@ -75,7 +77,11 @@ def demo(
         src.close()
         raise
     if isinstance(out, MjpegSink):
-        typer.echo(f"watch: {out.url}/  (stream: {out.url}/stream.mjpg)")
+        if sink == "auto":
+            typer.echo(f"no window here ({display_problem()}): serving the web page instead; to watch from "
+                       f"another machine: --sink http://0.0.0.0:{DEFAULT_PORT}")
+        for url in out.urls:
+            typer.echo(f"watch: {url}/  (stream: {url}/stream.mjpg)")
     renderer = Renderer(seg.classes, seg.manifest.palette, mode=mode, alpha=alpha, legend=legend)
     summary = Pipeline(seg, src, out, renderer=renderer, stats=stats, text=text, max_frames=max_frames).run()
     if stats_json is not None:
