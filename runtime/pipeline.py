@@ -163,6 +163,11 @@ class Pipeline:
                 self.source.close()
         if self._error is not None:
             raise self._error
+        return self.report()
+
+    def report(self) -> dict[str, Any]:
+        """`stats.summary()` and what ran (also after a failed run)."""
+        self._count_source_events()
         return {**self.stats.summary(), "mode": "sequential" if self.sequential else "pipelined",
                 "source": self.source.uri, "sink": self.sink.uri, "model": self.segmenter.runner.name}
 
@@ -187,9 +192,12 @@ class Pipeline:
         self.stats.add("frames_in", 1 + skipped)
         if skipped:
             self.stats.add("dropped", skipped)
-        self.stats.set("reconnects", self.source.reconnects)
-        self.stats.set("backlog", self.source.backlog)
+        self._count_source_events()
         return frame
+
+    def _count_source_events(self) -> None:
+        for counter in ("reconnects", "backlog", "bad_frames"):
+            self.stats.set(counter, getattr(self.source, counter))
 
     def _room_for_more(self) -> bool:
         """Whether to read another frame: with `max_frames`, while the frames read and not dropped are

@@ -6,7 +6,8 @@
 - `auto`: a window where one can be shown, else `http://127.0.0.1:8080` (any free port if that one is taken);
 - `out.mp4`, `out.avi`, `out.mkv`, `out.mov` (`file://` prefix optional): a video file, written to a
   hidden temporary name and renamed on `close()`, so an interrupted run leaves no half-written file;
-- `dir/`, `folder://dir`, or an existing folder: numbered PNG images (lossless);
+- `dir/`, `folder://dir`, or an existing folder: numbered PNG images (lossless), each written to a hidden
+  temporary name and renamed; a folder that already holds files is refused unless `force`;
 - `http://HOST:PORT`: an MJPEG stream plus a live web page (see `mjpeg`); HOST defaults to 127.0.0.1;
 - `null`: discards frames (for measuring).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 DEFAULT_FPS = 30.0
 DEFAULT_PORT = 8080
+#: What an image-folder sink writes: its frames and their temporary files.
+_FOLDER_FILE = re.compile(r"\d{6}\.png|\.partial\.[0-9a-f]+\.png")
 
 
 class Sink(abc.ABC):
@@ -113,21 +117,31 @@ class VideoFileSink(Sink):
 
 
 class ImageFolderSink(Sink):
-    """Numbered PNG files (000000.png, 000001.png, ...) in a folder."""
+    """Numbered PNG files (000000.png, 000001.png, ...) in a folder, each written to a hidden temporary
+    name and renamed, so that a killed run leaves only whole images. A folder that holds files already
+    is refused, unless `force`: then the frames (and temporary files) of an earlier run are removed."""
 
-    def __init__(self, uri: str, folder: Path):
+    def __init__(self, uri: str, folder: Path, force: bool = False):
         super().__init__(uri)
         self.folder = folder
         self.frames = 0
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            existing = list(folder.iterdir())
+            if existing and not force:
+                raise EdgesegError(f"{uri}: folder is not empty ({len(existing)} files); --force replaces its frames")
+            for old in existing:
+                if _FOLDER_FILE.fullmatch(old.name):
+                    old.unlink()
         except OSError as exc:
-            raise EdgesegError(f"{uri}: cannot create folder ({exc.strerror})") from None
+            raise EdgesegError(f"{uri}: cannot write to folder ({exc.strerror})") from None
+        self._tmp = folder / f".partial.{secrets.token_hex(4)}.png"  # keeps .png: imwrite picks the codec by it
 
     def write(self, image: np.ndarray) -> None:
         path = self.folder / f"{self.frames:06d}.png"
-        if not cv2.imwrite(str(path), image):
+        if not cv2.imwrite(str(self._tmp), image):
             raise EdgesegError(f"{path}: cannot write image")
+        os.replace(self._tmp, path)
         self.frames += 1
 
 
@@ -160,11 +174,12 @@ class MjpegSink(Sink):
 
 def open_sink(uri: str | Path, *, fps: float | None = None,
               legend: Sequence[tuple[str, Sequence[int]]] = (),
-              stats: Callable[[], dict[str, Any]] | None = None) -> Sink:
+              stats: Callable[[], dict[str, Any]] | None = None, force: bool = False) -> Sink:
     """Open a sink by URI (see the module docs).
 
     `fps` is the frame rate a video file is written at (default 30); `legend` ((name, RGB) pairs) and
-    `stats` (a callable returning live stats) feed the web page of an `http://` sink.
+    `stats` (a callable returning live stats) feed the web page of an `http://` sink; `force` lets an
+    image folder that holds files be written to.
     """
     uri = str(uri)
     scheme, rest = split_uri(uri)
@@ -190,7 +205,7 @@ def open_sink(uri: str | Path, *, fps: float | None = None,
         raise EdgesegError(f"{uri}: unknown sink scheme {scheme!r}")
     path = Path(rest if scheme else uri)
     if scheme == "folder" or uri.endswith(("/", os.sep)) or path.is_dir():
-        return ImageFolderSink(uri, path)
+        return ImageFolderSink(uri, path, force)
     if path.suffix.lower() in VIDEO_CODECS:
         return VideoFileSink(uri, path, fps or DEFAULT_FPS)
     raise EdgesegError(f"{uri}: unknown sink (use a video file {', '.join(VIDEO_CODECS)}, a folder/, "

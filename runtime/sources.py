@@ -12,7 +12,9 @@ and counted), and a stream that fails or stalls is reopened with backoff. What a
 it went live (FFmpeg reads ~2 s of an RTSP stream while opening it, again on each reconnect) is skipped
 and counted apart (`backlog`), not as dropped. Files play as fast as they
 are read, or at their own frame rate with `realtime=True` (then like a live source). Every frame
-carries its index (gaps mean dropped frames) and its capture time (`time.perf_counter()`).
+carries its index (gaps mean dropped frames) and its capture time (`time.perf_counter()`). An image
+that cannot be decoded is skipped and counted (`bad_frames`); `MAX_BAD_FRAMES` in a row stop the source
+with an error naming the file.
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ STREAM_SCHEMES = {"rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp"}
 #: FFmpeg open / read timeouts for network streams; a read that times out counts as a stall.
 STREAM_TIMEOUT_MS = 5000
 BACKOFF_S = (0.25, 4.0)
+#: Undecodable images in a row after which an image source gives up.
+MAX_BAD_FRAMES = 10
 #: A live stream's backlog ends once its last `BACKLOG_READS` reads waited one frame interval less than
 #: their number (a stream read live waits about one interval per frame), or after `BACKLOG_MAX_S`.
 #: Meanwhile a frame is held back for `BACKLOG_HOLD` frame intervals, for a newer one to replace it.
@@ -91,6 +95,8 @@ class Source(abc.ABC):
     backlog = 0
     #: Times a lost stream was reopened.
     reconnects = 0
+    #: Frames that could not be decoded, skipped.
+    bad_frames = 0
 
     def __init__(self, uri: str, fps: float | None = None, flip: int = 0):
         self.uri = uri
@@ -98,6 +104,7 @@ class Source(abc.ABC):
         self._flip = flip
         self._index = 0
         self._closing = threading.Event()
+        self._bad_in_a_row = 0
 
     @abc.abstractmethod
     def read(self) -> Frame | None:
@@ -114,7 +121,16 @@ class Source(abc.ABC):
     def _frame(self, image: np.ndarray) -> Frame:
         frame = Frame(flip_image(image, self._flip), self._index, time.perf_counter())
         self._index += 1
+        self._bad_in_a_row = 0
         return frame
+
+    def _skip_bad_frame(self, what: str) -> None:
+        """Count an undecodable frame (`what` names it and the fault); raise at `MAX_BAD_FRAMES` in a row."""
+        self.bad_frames += 1
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= MAX_BAD_FRAMES:
+            raise EdgesegError(f"{what}: {self._bad_in_a_row} undecodable frames in a row, giving up")
+        log.warning("%s; skipped", what)
 
     def __iter__(self) -> Iterator[Frame]:
         try:
@@ -216,18 +232,18 @@ class ImageSequenceSource(Source):
         self._next = 0
 
     def read(self) -> Frame | None:
-        if self._closing.is_set():
-            return None
-        if self._next == len(self._paths):
-            if not self._loop:
-                return None
-            self._next = 0
-        path = self._paths[self._next]
-        self._next += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise EdgesegError(f"{path}: cannot read image")
-        return self._frame(image)
+        while not self._closing.is_set():
+            if self._next == len(self._paths):
+                if not self._loop:
+                    return None
+                self._next = 0
+            path = self._paths[self._next]
+            self._next += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return self._frame(image)
+            self._skip_bad_frame(f"{path}: cannot decode image")
+        return None
 
 
 class Backlog:
@@ -284,6 +300,10 @@ class LatestFrameSource(Source):
     @property  # type: ignore[override]
     def reconnects(self) -> int:
         return self._inner.reconnects
+
+    @property  # type: ignore[override]
+    def bad_frames(self) -> int:
+        return self._inner.bad_frames
 
     def _run(self) -> None:
         start = time.perf_counter()

@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 import pytest
-from test_sources import decoded_frames, write_video
+from test_sources import decoded_frames, make_image, write_video
 
 from edgeseg.runtime.manifest import read_manifest
+from edgeseg.runtime.sources import MAX_BAD_FRAMES
 from edgeseg.runtime.window import has_display
 
 DEMO = [sys.executable, "-m", "edgeseg.cli.app", "demo"]
@@ -179,3 +180,70 @@ def test_all_interfaces_sink_prints_addresses_to_browse(tiny_bundle: Path, video
     finally:
         proc.kill()
     assert proc.returncode == 0
+
+
+def _frames_folder(path: Path, good: int, bad: dict[int, bytes]) -> Path:
+    """`good` test pictures as PNGs 000.png, ..., with the files of `bad` (index -> bytes) in between."""
+    path.mkdir()
+    for i in range(good + len(bad)):
+        if i in bad:
+            (path / f"{i:03d}.png").write_bytes(bad[i])
+        else:
+            cv2.imwrite(str(path / f"{i:03d}.png"), make_image(i))
+    return path
+
+
+def test_bad_images_are_skipped_and_counted(tiny_bundle: Path, tmp_path: Path) -> None:
+    png = cv2.imencode(".png", make_image(0))[1].tobytes()
+    frames = _frames_folder(tmp_path / "in", 8, {4: png[: len(png) // 2], 7: b"not an image"})
+    out, stats = tmp_path / "out", tmp_path / "stats.json"
+    result = demo(tiny_bundle, "--source", frames, "--sink", f"{out}/", "--stats-json", stats)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(8)]
+    report = json.loads(stats.read_text())
+    assert report["frames_out"] == 8 and report["bad_frames"] == 2 and "error" not in report
+    assert f"{frames / '004.png'}: cannot decode image; skipped" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stats_json_is_written_when_the_run_fails(tiny_bundle: Path, tmp_path: Path) -> None:
+    frames = _frames_folder(tmp_path / "in", 3, {i: b"not an image" for i in range(3, 3 + MAX_BAD_FRAMES)})
+    stats = tmp_path / "stats.json"
+    result = demo(tiny_bundle, "--source", frames, "--sink", "null", "--stats-json", stats)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "undecodable frames in a row" in lines[-1], result.stderr
+    report = json.loads(stats.read_text())
+    assert report["bad_frames"] == MAX_BAD_FRAMES and "undecodable frames in a row" in report["error"]
+    assert report["frames_in"] == 3
+
+
+def test_png_folder_sink_refuses_a_folder_with_files_unless_forced(tiny_bundle: Path, video: Path,
+                                                                    tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("000000.png", "000099.png", ".partial.0badf00d.png", "notes.txt"):
+        (out / name).write_bytes(b"old")
+    result = demo(tiny_bundle, "--source", video, "--sink", f"{out}/", "--max-frames", 3)
+    assert result.returncode != 0 and "folder is not empty (4 files); --force" in result.stderr
+    assert len(list(out.iterdir())) == 4
+    result = demo(tiny_bundle, "--source", video, "--sink", f"{out}/", "--max-frames", 3, "--force")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "000002.png", "notes.txt"]
+    assert all(cv2.imread(str(out / f"{i:06d}.png")) is not None for i in range(3))
+
+
+def test_killed_run_leaves_only_whole_pngs(tiny_bundle: Path, video: Path, tmp_path: Path) -> None:
+    for kill in range(3):
+        out = tmp_path / f"out{kill}"
+        proc = subprocess.Popen([*DEMO, tiny_bundle, "--source", video, "--loop", "--sink", f"{out}/"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not out.is_dir() or len(list(out.iterdir())) < 10 + 7 * kill:  # killed at varying points
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        frames = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        assert frames == [f"{i:06d}.png" for i in range(len(frames))]
+        assert all(cv2.imread(str(out / name)) is not None for name in frames), "a half-written PNG"

@@ -20,6 +20,15 @@ def _quiet_video_backends() -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
+def _write_stats(path: str, report: dict) -> None:
+    from ..rundir import atomic_write_text
+
+    try:
+        atomic_write_text(Path(path), json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        raise EdgesegError(f"{path}: cannot write ({exc.strerror})") from None
+
+
 def demo(
     bundle: str = typer.Argument("camvid", help="Bundle folder or shipped bundle name (default: camvid)."),
     source: str = typer.Option(
@@ -51,7 +60,10 @@ def demo(
     max_frames: Optional[int] = typer.Option(
         None, min=1, help="Stop after writing this many frames to the sink (frames dropped on the way do not count)."),
     stats_json: Optional[str] = typer.Option(
-        None, help="Write frame counts, FPS and p50/p90/p99 per stage and of latency to this JSON file."),
+        None, help="Write frame counts, FPS and p50/p90/p99 per stage and of latency to this JSON file "
+                   "(also when the run fails, with its error)."),
+    force: bool = typer.Option(False, "--force", help="Write into an image folder that holds files (its frames are "
+                                                      "replaced)."),
     artifact: Optional[str] = typer.Option(None, help="Bundle artifact to run (default: the manifest's)."),
 ) -> None:
     """Segment a live camera, stream or file in real time; show, stream or record the result.
@@ -59,7 +71,6 @@ def demo(
     Stops at the end of the input, after --max-frames, or on Ctrl-C / SIGTERM (the output is finalised).
     """
     _quiet_video_backends()
-    from ..rundir import atomic_write_text
     from ..runtime.pipeline import Pipeline
     from ..runtime.render import Renderer
     from ..runtime.segmenter import Segmenter
@@ -72,7 +83,7 @@ def demo(
     src = open_source(source, width=width, height=height, fps=fps, flip=flip, loop=loop, realtime=realtime)
     stats = Stats()
     try:
-        out = open_sink(sink, fps=src.fps, legend=seg.legend, stats=stats.live)
+        out = open_sink(sink, fps=src.fps, legend=seg.legend, stats=stats.live, force=force)
     except EdgesegError:
         src.close()
         raise
@@ -83,12 +94,15 @@ def demo(
         for url in out.urls:
             typer.echo(f"watch: {url}/  (stream: {url}/stream.mjpg)")
     renderer = Renderer(seg.classes, seg.manifest.palette, mode=mode, alpha=alpha, legend=legend)
-    summary = Pipeline(seg, src, out, renderer=renderer, stats=stats, text=text, max_frames=max_frames).run()
+    pipeline = Pipeline(seg, src, out, renderer=renderer, stats=stats, text=text, max_frames=max_frames)
+    try:
+        summary = pipeline.run()
+    except BaseException as exc:
+        if stats_json is not None:
+            _write_stats(stats_json, {**pipeline.report(), "error": str(exc) or type(exc).__name__})
+        raise
     if stats_json is not None:
-        try:
-            atomic_write_text(Path(stats_json), json.dumps(summary, indent=2) + "\n")
-        except OSError as exc:
-            raise EdgesegError(f"{stats_json}: cannot write ({exc.strerror})") from None
+        _write_stats(stats_json, summary)
     latency = summary["latency"].get("p50_ms", float("nan"))
     typer.echo(f"{summary['frames_out']} frames in {summary['elapsed_s']:.1f} s: {summary['fps']:.1f} FPS, "
                f"latency p50 {latency:.1f} ms, {summary['dropped']} dropped -> {sink}")
