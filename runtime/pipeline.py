@@ -196,6 +196,7 @@ class Pipeline:
         return frame
 
     def _count_source_events(self) -> None:
+        """Copy the source's own counts (reconnects, backlog, bad frames) into the stats."""
         for counter in ("reconnects", "backlog", "bad_frames"):
             self.stats.set(counter, getattr(self.source, counter))
 

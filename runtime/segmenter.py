@@ -50,8 +50,8 @@ class Segmenter:
         return self
 
     def warmup(self, runs: int = 2) -> Self:
-        """Load the model and run it `runs` times on a blank frame, so the first real frame is not slow
-        (call before opening a live source, so that it does not buffer frames meanwhile)."""
+        """Load the model and run it `runs` times on a blank frame, so that the first frames of a live
+        source are not slow (and dropped)."""
         spec = self.runner.artifact.input
         blank = np.zeros((spec.height, spec.width, 3), np.uint8)
         for _ in range(runs):

@@ -157,11 +157,10 @@ def test_auto_sink_without_a_display_serves_the_web_page(tiny_bundle: Path, vide
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
             proc.send_signal(signal.SIGTERM)
-            stdout, stderr = proc.communicate(timeout=30)
+            _, stderr = proc.communicate(timeout=30)
         finally:
             proc.kill()
-    assert proc.returncode == 0, stderr
-    assert SUMMARY.match(stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
 
 
 def test_all_interfaces_sink_prints_addresses_to_browse(tiny_bundle: Path, video: Path) -> None:

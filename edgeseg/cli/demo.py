@@ -79,7 +79,7 @@ def demo(
     from ..runtime.stats import Stats
     from ..runtime.window import display_problem
 
-    seg = Segmenter(bundle, artifact=artifact, threads=threads).warmup()
+    seg = Segmenter(bundle, artifact=artifact, threads=threads)
     src = open_source(source, width=width, height=height, fps=fps, flip=flip, loop=loop, realtime=realtime)
     stats = Stats()
     try:
@@ -93,6 +93,7 @@ def demo(
                        f"another machine: --sink http://0.0.0.0:{DEFAULT_PORT}")
         for url in out.urls:
             typer.echo(f"watch: {url}/  (stream: {url}/stream.mjpg)")
+    seg.warmup()  # before the first frame is read: what a stream buffers meanwhile is skipped as its backlog
     renderer = Renderer(seg.classes, seg.manifest.palette, mode=mode, alpha=alpha, legend=legend)
     pipeline = Pipeline(seg, src, out, renderer=renderer, stats=stats, text=text, max_frames=max_frames)
     try:
