@@ -18,6 +18,7 @@ import pytest
 from test_demo_cli import DEMO, demo, free_port
 
 FPS = 15
+SIZE = "320x240"  # small, so that encoding and decoding leave the machine's cores to the pipeline
 SERVER = Path(__file__).with_name("rtsp_server.py")
 PROBE = ("import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
          "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
@@ -45,7 +46,7 @@ class RtspServer:
         self._proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        self._proc = subprocess.Popen([self.python, str(SERVER), str(self.port), "--fps", str(FPS)],
+        self._proc = subprocess.Popen([self.python, str(SERVER), str(self.port), "--fps", str(FPS), "--size", SIZE],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
