@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,26 @@ log = logging.getLogger(__name__)
 
 BOUNDARY = "frame"
 WEB_DIR = Path(__file__).parent / "web"
+WILDCARD_HOSTS = ("0.0.0.0", "")
+#: A documentation-only address (TEST-NET-1): "connecting" a UDP socket to it picks the outgoing
+#: interface without sending anything.
+_PROBE_ADDRESS = ("192.0.2.1", 9)
+
+
+def host_addresses() -> list[str]:
+    """This machine's IPv4 addresses other machines may reach it at (not loopback), best first."""
+    found: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(_PROBE_ADDRESS)
+            found.append(probe.getsockname()[0])
+        except OSError:
+            pass  # no route out
+    try:
+        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    except OSError:
+        pass
+    return [a for a in dict.fromkeys(found) if not a.startswith("127.") and a not in WILDCARD_HOSTS]
 
 
 class MjpegServer:
@@ -54,6 +75,14 @@ class MjpegServer:
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def urls(self) -> list[str]:
+        """URLs a browser can open: `url`, or for a server on all interfaces (0.0.0.0) this machine's."""
+        host, port = self._httpd.server_address[:2]
+        if host not in WILDCARD_HOSTS:
+            return [self.url]
+        return [f"http://{address}:{port}" for address in ("127.0.0.1", *host_addresses())]
 
     def publish(self, jpeg: bytes) -> None:
         """Make `jpeg` the newest frame and wake the viewers."""

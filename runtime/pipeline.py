@@ -9,9 +9,10 @@ becomes free, not earlier, so it does not age in a queue (throughput stays that 
 latency close to the sum of the stages). With `sequential=True` the same stages run one after
 another in the calling thread.
 
-`run()` returns when the source ends, `max_frames` are read, the sink is closed by its viewer, or
-`stop()` is called (also on SIGINT / SIGTERM): frames in flight are finished and the sink is closed,
-so an output file is always finalised.
+`run()` returns when the source ends, `max_frames` frames have been written to the sink (frames a
+live run drops on the way do not count: more are read), the sink is closed by its viewer, or `stop()`
+is called (also on SIGINT / SIGTERM): frames in flight are finished and the sink is closed, so an
+output file is always finalised.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from functools import partial
 from typing import Any, Callable
 
 from .render import Renderer
@@ -117,7 +117,10 @@ class Pipeline:
         self._channels: list[Channel] = []
         self._signals = 0
         self._last_index = -1
-        self._read = 0
+        self._flow = threading.Condition()  # guards the three counts below
+        self._read = 0  # frames read
+        self._settled = 0  # frames read and since written or dropped
+        self._lost = 0  # frames read and dropped on the way
 
     def stages(self) -> list[tuple[str, Stage]]:
         """The stages after capture, in order; each maps (frame, previous result) to its result."""
@@ -134,6 +137,8 @@ class Pipeline:
         """Ask the run to finish: no more frames are read; those in flight are completed."""
         self._stop.set()
         self.source.close()
+        with self._flow:
+            self._flow.notify_all()
 
     def run(self, handle_signals: bool = True) -> dict[str, Any]:
         """Run until the end (see the module docs) and return `stats.summary()` plus run details.
@@ -158,6 +163,11 @@ class Pipeline:
                 self.source.close()
         if self._error is not None:
             raise self._error
+        return self.report()
+
+    def report(self) -> dict[str, Any]:
+        """`stats.summary()` and what ran (also after a failed run)."""
+        self._count_source_events()
         return {**self.stats.summary(), "mode": "sequential" if self.sequential else "pipelined",
                 "source": self.source.uri, "sink": self.sink.uri, "model": self.segmenter.runner.name}
 
@@ -166,7 +176,7 @@ class Pipeline:
     def _capture(self) -> Frame | None:
         """The next frame (None when done), counting frames the source dropped before it."""
         self._check_signals()
-        if self._stop.is_set() or (self.max_frames is not None and self._read >= self.max_frames):
+        if self._stop.is_set() or not self._room_for_more():
             return None
         start = time.perf_counter()
         frame = self.source.read()
@@ -175,12 +185,41 @@ class Pipeline:
         self.stats.record("capture", (time.perf_counter() - start) * 1000.0)
         skipped = max(0, frame.index - self._last_index - 1)
         self._last_index = frame.index
-        self._read += 1
+        with self._flow:
+            self._read += 1
+        if self._read == 1:  # the run's FPS counts from its first frame, not from waiting for a stream
+            self.stats.start(at=frame.timestamp)
         self.stats.add("frames_in", 1 + skipped)
         if skipped:
             self.stats.add("dropped", skipped)
-        self.stats.set("reconnects", self.source.reconnects)
+        self._count_source_events()
         return frame
+
+    def _count_source_events(self) -> None:
+        """Copy the source's own counts (reconnects, backlog, bad frames) into the stats."""
+        for counter in ("reconnects", "backlog", "bad_frames"):
+            self.stats.set(counter, getattr(self.source, counter))
+
+    def _room_for_more(self) -> bool:
+        """Whether to read another frame: with `max_frames`, while the frames read and not dropped are
+        fewer; once they are as many, wait until they are written (then no) or one is dropped (then yes)."""
+        if self.max_frames is None:
+            return True
+        with self._flow:
+            self._flow.wait_for(lambda: self._read - self._lost < self.max_frames or self._settled == self._read
+                                or self._stop.is_set())
+            return self._read - self._lost < self.max_frames and not self._stop.is_set()
+
+    def _settle(self, lost: bool) -> None:
+        """A frame was written to the sink, or dropped on the way (`lost`)."""
+        with self._flow:
+            self._settled += 1
+            self._lost += lost
+            self._flow.notify_all()
+
+    def _drop_in_flight(self) -> None:
+        self.stats.add("dropped")
+        self._settle(lost=True)
 
     def _timed(self, name: str, stage: Stage, frame: Frame, data: Any) -> Any:
         start = time.perf_counter()
@@ -191,6 +230,7 @@ class Pipeline:
     def _finish(self, frame: Frame) -> None:
         """`frame` was written to the sink."""
         self.stats.frame_out((time.perf_counter() - frame.timestamp) * 1000.0)
+        self._settle(lost=False)
         if self.sink.done:
             self.stop()
 
@@ -208,8 +248,7 @@ class Pipeline:
         stages = dict(self.stages())
         groups = [[(name, stages[name]) for name in names] for names in THREADS]
         live = self.source.live
-        on_drop = partial(self.stats.add, "dropped")
-        self._channels = [Channel(1 if live else self.queue_size, drop_oldest=live, on_drop=on_drop)
+        self._channels = [Channel(1 if live else self.queue_size, drop_oldest=live, on_drop=self._drop_in_flight)
                           for _ in groups[1:]]
         inputs: list[Channel | None] = [None, *self._channels]
         outputs: list[Channel | None] = [*self._channels, None]
@@ -218,10 +257,12 @@ class Pipeline:
                    for group, inp, out in zip(groups, inputs, outputs)]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.1)
-                self._check_signals()
+        while alive := [thread for thread in threads if thread.is_alive()]:
+            if not self.sink.pump(0.1):
+                alive[0].join(0.1)
+            if self.sink.done and not self._stop.is_set():  # closed while no frame came
+                self.stop()
+            self._check_signals()
 
     def _loop(self, group: list[tuple[str, Stage]], inp: Channel | None, out: Channel | None) -> None:
         """Run `group` on every frame from `inp` (from the source if None) and pass it on to `out`

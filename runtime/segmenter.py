@@ -49,6 +49,15 @@ class Segmenter:
         self.runner.activate()
         return self
 
+    def warmup(self, runs: int = 2) -> Self:
+        """Load the model and run it `runs` times on a blank frame, so that the first frames of a live
+        source are not slow (and dropped)."""
+        spec = self.runner.artifact.input
+        blank = np.zeros((spec.height, spec.width, 3), np.uint8)
+        for _ in range(runs):
+            self.segment(blank)
+        return self
+
     def close(self) -> None:
         self.runner.deactivate()
 

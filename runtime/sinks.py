@@ -2,10 +2,12 @@
 
 `open_sink(uri)` understands:
 
-- `display://0`, `window`: an OpenCV window (needs a display and OpenCV with GUI support);
+- `display://0`, `window`: a window (see `window`: needs a display and OpenCV with GUI support);
+- `auto`: a window where one can be shown, else `http://127.0.0.1:8080` (any free port if that one is taken);
 - `out.mp4`, `out.avi`, `out.mkv`, `out.mov` (`file://` prefix optional): a video file, written to a
   hidden temporary name and renamed on `close()`, so an interrupted run leaves no half-written file;
-- `dir/`, `folder://dir`, or an existing folder: numbered PNG images (lossless);
+- `dir/`, `folder://dir`, or an existing folder: numbered PNG images (lossless), each written to a hidden
+  temporary name and renamed; a folder that already holds files is refused unless `force`;
 - `http://HOST:PORT`: an MJPEG stream plus a live web page (see `mjpeg`); HOST defaults to 127.0.0.1;
 - `null`: discards frames (for measuring).
 """
@@ -16,7 +18,6 @@ import logging
 import os
 import re
 import secrets
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 #: Video container suffix -> cv2.VideoWriter FourCC.
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 DEFAULT_FPS = 30.0
+DEFAULT_PORT = 8080
+#: What an image-folder sink writes: its frames and their temporary files.
+_FOLDER_FILE = re.compile(r"\d{6}\.png|\.partial\.[0-9a-f]+\.png")
 
 
 class Sink(abc.ABC):
@@ -50,6 +54,11 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def write(self, image: np.ndarray) -> None:
         """Output one BGR uint8 frame."""
+
+    def pump(self, timeout: float) -> bool:
+        """Called again and again by the thread that runs a pipelined run, while it runs: do there what
+        must be done there (a window's drawing and events) for up to `timeout` s. False: nothing to do."""
+        return False
 
     def close(self) -> None:
         """Finish the output (finalise files, stop servers). Idempotent."""
@@ -108,54 +117,32 @@ class VideoFileSink(Sink):
 
 
 class ImageFolderSink(Sink):
-    """Numbered PNG files (000000.png, 000001.png, ...) in a folder."""
+    """Numbered PNG files (000000.png, 000001.png, ...) in a folder, each written to a hidden temporary
+    name and renamed, so that a killed run leaves only whole images. A folder that holds files already
+    is refused, unless `force`: then the frames (and temporary files) of an earlier run are removed."""
 
-    def __init__(self, uri: str, folder: Path):
+    def __init__(self, uri: str, folder: Path, force: bool = False):
         super().__init__(uri)
         self.folder = folder
         self.frames = 0
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            existing = list(folder.iterdir())
+            if existing and not force:
+                raise EdgesegError(f"{uri}: folder is not empty ({len(existing)} files); --force replaces its frames")
+            for old in existing:
+                if _FOLDER_FILE.fullmatch(old.name):
+                    old.unlink()
         except OSError as exc:
-            raise EdgesegError(f"{uri}: cannot create folder ({exc.strerror})") from None
+            raise EdgesegError(f"{uri}: cannot write to folder ({exc.strerror})") from None
+        self._tmp = folder / f".partial.{secrets.token_hex(4)}.png"  # keeps .png: imwrite picks the codec by it
 
     def write(self, image: np.ndarray) -> None:
         path = self.folder / f"{self.frames:06d}.png"
-        if not cv2.imwrite(str(path), image):
+        if not cv2.imwrite(str(self._tmp), image):
             raise EdgesegError(f"{path}: cannot write image")
+        os.replace(self._tmp, path)
         self.frames += 1
-
-
-def has_display() -> bool:
-    """Whether a window can be shown: a GUI-enabled OpenCV and, on Linux, an X11/Wayland display."""
-    if re.search(r"GUI:\s*NONE", cv2.getBuildInformation()):
-        return False
-    on_linux = sys.platform.startswith("linux")
-    return not on_linux or any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY"))
-
-
-class DisplaySink(Sink):
-    """An OpenCV window; closing it or pressing q / Esc sets `done`."""
-
-    def __init__(self, uri: str, title: str = "edgeseg"):
-        super().__init__(uri)
-        if not has_display():
-            raise EdgesegError(f"{uri}: no display here (headless OpenCV or no DISPLAY); "
-                               "use --sink http://127.0.0.1:8080 to watch in a browser")
-        self.title = title
-        self._shown = False
-
-    def write(self, image: np.ndarray) -> None:
-        cv2.imshow(self.title, image)
-        self._shown = True
-        key = cv2.waitKey(1) & 0xFF
-        if key in (ord("q"), 27) or cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
-            self.done = True
-
-    def close(self) -> None:
-        if self._shown:
-            cv2.destroyWindow(self.title)
-            self._shown = False
 
 
 class MjpegSink(Sink):
@@ -171,6 +158,10 @@ class MjpegSink(Sink):
     def url(self) -> str:
         return self.server.url
 
+    @property
+    def urls(self) -> list[str]:
+        return self.server.urls
+
     def write(self, image: np.ndarray) -> None:
         if self.server.viewers:
             ok, jpeg = cv2.imencode(".jpg", image, self._params)
@@ -183,22 +174,30 @@ class MjpegSink(Sink):
 
 def open_sink(uri: str | Path, *, fps: float | None = None,
               legend: Sequence[tuple[str, Sequence[int]]] = (),
-              stats: Callable[[], dict[str, Any]] | None = None) -> Sink:
+              stats: Callable[[], dict[str, Any]] | None = None, force: bool = False) -> Sink:
     """Open a sink by URI (see the module docs).
 
     `fps` is the frame rate a video file is written at (default 30); `legend` ((name, RGB) pairs) and
-    `stats` (a callable returning live stats) feed the web page of an `http://` sink.
+    `stats` (a callable returning live stats) feed the web page of an `http://` sink; `force` lets an
+    image folder that holds files be written to.
     """
     uri = str(uri)
     scheme, rest = split_uri(uri)
     if uri in ("null", "null://"):
         return NullSink(uri)
-    if scheme == "display" or uri in ("window", "display"):
-        return DisplaySink(uri)
+    if scheme == "display" or uri in ("window", "display", "auto"):
+        from .window import DisplaySink, has_display
+
+        if uri != "auto" or has_display():
+            return DisplaySink(uri)
+        try:
+            return MjpegSink(uri, "127.0.0.1", DEFAULT_PORT, legend=legend, stats=stats)
+        except EdgesegError:  # the port is taken: any free one
+            return MjpegSink(uri, "127.0.0.1", 0, legend=legend, stats=stats)
     if scheme == "http":
         parts = urlsplit(uri)
         try:
-            port = parts.port if parts.port is not None else 8080
+            port = parts.port if parts.port is not None else DEFAULT_PORT
         except ValueError:
             raise EdgesegError(f"{uri}: invalid port") from None
         return MjpegSink(uri, parts.hostname or "127.0.0.1", port, legend=legend, stats=stats)
@@ -206,8 +205,8 @@ def open_sink(uri: str | Path, *, fps: float | None = None,
         raise EdgesegError(f"{uri}: unknown sink scheme {scheme!r}")
     path = Path(rest if scheme else uri)
     if scheme == "folder" or uri.endswith(("/", os.sep)) or path.is_dir():
-        return ImageFolderSink(uri, path)
+        return ImageFolderSink(uri, path, force)
     if path.suffix.lower() in VIDEO_CODECS:
         return VideoFileSink(uri, path, fps or DEFAULT_FPS)
     raise EdgesegError(f"{uri}: unknown sink (use a video file {', '.join(VIDEO_CODECS)}, a folder/, "
-                       "http://HOST:PORT, display://0 or null)")
+                       "http://HOST:PORT, display://0, auto or null)")

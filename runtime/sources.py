@@ -8,9 +8,13 @@
 - a video file, an image file, a folder of images or a glob (`file://` prefix optional).
 
 Cameras and streams are live: a capture thread keeps only the newest frame (older ones are dropped
-and counted), and a stream that fails or stalls is reopened with backoff. Files play as fast as they
+and counted), and a stream that fails or stalls is reopened with backoff. What a stream buffered before
+it went live (FFmpeg reads ~2 s of an RTSP stream while opening it, again on each reconnect) is skipped
+and counted apart (`backlog`), not as dropped. Files play as fast as they
 are read, or at their own frame rate with `realtime=True` (then like a live source). Every frame
-carries its index (gaps mean dropped frames) and its capture time (`time.perf_counter()`).
+carries its index (gaps mean dropped frames) and its capture time (`time.perf_counter()`). An image
+that cannot be decoded is skipped and counted (`bad_frames`); `MAX_BAD_FRAMES` in a row stop the source
+with an error naming the file.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import re
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +51,14 @@ STREAM_SCHEMES = {"rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp"}
 #: FFmpeg open / read timeouts for network streams; a read that times out counts as a stall.
 STREAM_TIMEOUT_MS = 5000
 BACKOFF_S = (0.25, 4.0)
+#: Undecodable images in a row after which an image source gives up.
+MAX_BAD_FRAMES = 10
+#: A live stream's backlog ends once its last `BACKLOG_READS` reads waited one frame interval less than
+#: their number (a stream read live waits about one interval per frame), or after `BACKLOG_MAX_S`.
+#: Meanwhile a frame is held back for `BACKLOG_HOLD` frame intervals, for a newer one to replace it.
+BACKLOG_READS = 3
+BACKLOG_HOLD = 0.5
+BACKLOG_MAX_S = 3.0
 
 Opener = Callable[[], Optional[cv2.VideoCapture]]
 
@@ -78,8 +91,12 @@ class Source(abc.ABC):
     live = False
     #: Frames captured but never returned by `read()` (live sources only).
     dropped = 0
+    #: Frames a live source had buffered before it went live (on start or reconnect), skipped.
+    backlog = 0
     #: Times a lost stream was reopened.
     reconnects = 0
+    #: Frames that could not be decoded, skipped.
+    bad_frames = 0
 
     def __init__(self, uri: str, fps: float | None = None, flip: int = 0):
         self.uri = uri
@@ -87,6 +104,7 @@ class Source(abc.ABC):
         self._flip = flip
         self._index = 0
         self._closing = threading.Event()
+        self._bad_in_a_row = 0
 
     @abc.abstractmethod
     def read(self) -> Frame | None:
@@ -103,7 +121,16 @@ class Source(abc.ABC):
     def _frame(self, image: np.ndarray) -> Frame:
         frame = Frame(flip_image(image, self._flip), self._index, time.perf_counter())
         self._index += 1
+        self._bad_in_a_row = 0
         return frame
+
+    def _skip_bad_frame(self, what: str) -> None:
+        """Count an undecodable frame (`what` names it and the fault); raise at `MAX_BAD_FRAMES` in a row."""
+        self.bad_frames += 1
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= MAX_BAD_FRAMES:
+            raise EdgesegError(f"{what}: {self._bad_in_a_row} undecodable frames in a row, giving up")
+        log.warning("%s; skipped", what)
 
     def __iter__(self) -> Iterator[Frame]:
         try:
@@ -205,26 +232,54 @@ class ImageSequenceSource(Source):
         self._next = 0
 
     def read(self) -> Frame | None:
-        if self._closing.is_set():
-            return None
-        if self._next == len(self._paths):
-            if not self._loop:
-                return None
-            self._next = 0
-        path = self._paths[self._next]
-        self._next += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise EdgesegError(f"{path}: cannot read image")
-        return self._frame(image)
+        while not self._closing.is_set():
+            if self._next == len(self._paths):
+                if not self._loop:
+                    return None
+                self._next = 0
+            path = self._paths[self._next]
+            self._next += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return self._frame(image)
+            self._skip_bad_frame(f"{path}: cannot decode image")
+        return None
+
+
+class Backlog:
+    """Tells the frames a live stream had buffered (they come without waiting) from live ones."""
+
+    def __init__(self, fps: float | None):
+        self._interval = 1.0 / (fps or 30.0)
+        #: How long a frame of the backlog waits for a newer one before `read()` takes it anyway.
+        self.hold = BACKLOG_HOLD * self._interval
+        self._since: float | None = None
+        self._waits: deque[float] = deque(maxlen=BACKLOG_READS)
+
+    def restart(self, now: float) -> None:
+        """The stream was (re)opened at `now`: the frames it buffered meanwhile come next."""
+        self._since = now
+        self._waits.clear()
+
+    def still(self, waited: float, now: float) -> bool:
+        """Whether a frame read after waiting `waited` s, at `now`, is still part of the backlog."""
+        if self._since is None:
+            return False
+        self._waits.append(waited)
+        caught_up = len(self._waits) == BACKLOG_READS and sum(self._waits) >= (BACKLOG_READS - 1) * self._interval
+        if caught_up or now - self._since >= BACKLOG_MAX_S:
+            self._since = None
+        return self._since is not None
 
 
 class LatestFrameSource(Source):
     """Runs another source in a capture thread and keeps only its newest frame.
 
     `read()` waits for a frame newer than the last one returned; frames the reader was too slow
-    for are dropped (`dropped`). With `pace` (frames per second) the inner source, e.g. a file, is
-    played at that rate as if it were a camera.
+    for are dropped (`dropped`). Frames that arrive without waiting after the start or a reconnect
+    are the stream's backlog: each is held back briefly for a newer one, those replaced are skipped
+    (`backlog`, not dropped) and the frame indices close up over them. With `pace` (frames per second)
+    the inner source, e.g. a file, is played at that rate as if it were a camera.
     """
 
     live = True
@@ -232,10 +287,12 @@ class LatestFrameSource(Source):
     def __init__(self, inner: Source, pace: float | None = None):
         super().__init__(inner.uri, inner.fps)
         self.dropped = 0
+        self.backlog = 0
         self._inner = inner
         self._pace = pace
         self._cond = threading.Condition()
         self._latest: Frame | None = None
+        self._held_until = 0.0  # `_latest` is part of a backlog, held back until then
         self._ended = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"capture {inner.uri}", daemon=True)
@@ -244,22 +301,32 @@ class LatestFrameSource(Source):
     def reconnects(self) -> int:
         return self._inner.reconnects
 
+    @property  # type: ignore[override]
+    def bad_frames(self) -> int:
+        return self._inner.bad_frames
+
     def _run(self) -> None:
         start = time.perf_counter()
+        backlog = None if self._pace else Backlog(self.fps)
+        connection = None
         try:
             while not self._closing.is_set():
+                began = time.perf_counter()
                 frame = self._inner.read()
                 if frame is None:
                     break
-                if self._pace:
-                    if self._closing.wait(max(0.0, start + frame.index / self._pace - time.perf_counter())):
+                now = time.perf_counter()
+                stale = False
+                if backlog is None:
+                    if self._closing.wait(max(0.0, start + frame.index / self._pace - now)):
                         break
                     frame.timestamp = time.perf_counter()
-                with self._cond:
-                    if self._latest is not None:
-                        self.dropped += 1
-                    self._latest = frame
-                    self._cond.notify_all()
+                elif self._inner.reconnects != connection:  # (re)connected: its read included opening
+                    connection, stale = self._inner.reconnects, True
+                    backlog.restart(now)
+                else:
+                    stale = backlog.still(now - began, now)
+                self._publish(frame, hold=backlog.hold if stale else 0.0)
         except BaseException as exc:  # noqa: BLE001 (re-raised by read())
             self._error = exc
         finally:
@@ -268,11 +335,31 @@ class LatestFrameSource(Source):
                 self._cond.notify_all()
             self._inner.close()
 
+    def _publish(self, frame: Frame, hold: float) -> None:
+        """Make `frame` the newest, held back from `read()` for `hold` s (part of a backlog); the frame
+        it replaces unread is dropped, or skipped as backlog if it was held."""
+        with self._cond:
+            if self._latest is not None:
+                if self._held_until:
+                    self.backlog += 1
+                else:
+                    self.dropped += 1
+            frame.index -= self.backlog
+            self._latest = frame
+            self._held_until = time.perf_counter() + hold if hold else 0.0
+            self._cond.notify_all()
+
     def read(self) -> Frame | None:
         with self._cond:
             if self._thread.ident is None and not self._ended:  # capture starts with the first read
                 self._thread.start()
-            self._cond.wait_for(lambda: self._latest is not None or self._ended)
+            while not self._ended:
+                if self._latest is None:
+                    self._cond.wait()
+                elif (hold := self._held_until - time.perf_counter()) > 0:
+                    self._cond.wait(hold)
+                else:
+                    break
             frame, self._latest = self._latest, None
             error, self._error = self._error, None
         if error is not None:

@@ -57,10 +57,10 @@ class Stats:
         self._start = time.perf_counter()
         self._end: float | None = None
 
-    def start(self) -> None:
-        """Restart the clock (call when the first frame is about to be read)."""
+    def start(self, at: float | None = None) -> None:
+        """Restart the clock, from `at` (a `time.perf_counter()` value) or now."""
         with self._lock:
-            self._start = time.perf_counter()
+            self._start = time.perf_counter() if at is None else at
             self._end = None
 
     def stop(self) -> None:

@@ -1,22 +1,29 @@
 """`edgeseg demo` as users run it: a subprocess, real files, one-line errors, SIGTERM / Ctrl-C."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 import pytest
-from test_sources import decoded_frames, write_video
+from test_sources import decoded_frames, make_image, write_video
 
 from edgeseg.runtime.manifest import read_manifest
-from edgeseg.runtime.sinks import has_display
+from edgeseg.runtime.sources import MAX_BAD_FRAMES
+from edgeseg.runtime.window import has_display
 
 DEMO = [sys.executable, "-m", "edgeseg.cli.app", "demo"]
 SUMMARY = re.compile(r"^(\d+) frames in [\d.]+ s: [\d.]+ FPS, latency p50 [\d.]+ ms, (\d+) dropped -> (.+)$")
@@ -55,6 +62,13 @@ def test_mask_mode_to_png_folder(tiny_bundle: Path, video: Path, tmp_path: Path)
     palette = {tuple(c[::-1]) for c in read_manifest(tiny_bundle).palette}
     colours = {tuple(c) for c in np.unique(cv2.imread(str(masks[0])).reshape(-1, 3), axis=0)}
     assert colours <= palette
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _listening_port() -> tuple[socket.socket, int]:
@@ -110,3 +124,125 @@ def test_signal_finalises_the_video(signum: int, tiny_bundle: Path, video: Path,
     assert match and int(match[1]) > 0
     assert len(decoded_frames(out)) == int(match[1])
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
+def _watch_urls(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[list[str], list[str]]:
+    """The URLs of the `watch:` lines `proc` prints, and the lines before them."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    seen: list[str] = []
+    while not any(line.startswith("watch: ") for line in seen) or not lines.empty():
+        seen.append(lines.get(timeout=timeout).rstrip("\n"))
+        time.sleep(0.2)  # the next watch line, if any, comes with this one
+    urls = [line.split()[1].rstrip("/") for line in seen if line.startswith("watch: ")]
+    return urls, [line for line in seen if not line.startswith("watch: ")]
+
+
+def test_auto_sink_without_a_display_serves_the_web_page(tiny_bundle: Path, video: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    with socket.socket() as default_port:  # 8080 taken (if it is not already): any free port instead
+        with contextlib.suppress(OSError):
+            default_port.bind(("127.0.0.1", 8080))
+            default_port.listen()
+        proc = subprocess.Popen([*DEMO, tiny_bundle, "--source", video, "--loop", "--realtime"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            (url,), before = _watch_urls(proc)
+            assert url.startswith("http://127.0.0.1:") and not url.endswith(":8080")
+            assert "no display (DISPLAY is not set)" in before[-1] and "--sink http://0.0.0.0:8080" in before[-1]
+            with urllib.request.urlopen(f"{url}/", timeout=10) as page:
+                assert b"<html" in page.read().lower()
+            deadline = time.monotonic() + 30
+            while json.load(urllib.request.urlopen(f"{url}/stats.json", timeout=10))["frames_out"] < 5:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+
+
+def test_all_interfaces_sink_prints_addresses_to_browse(tiny_bundle: Path, video: Path) -> None:
+    proc = subprocess.Popen([*DEMO, tiny_bundle, "--source", video, "--sink", "http://0.0.0.0:0", "--loop"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        urls, _ = _watch_urls(proc)
+        hosts = [urlsplit(url).hostname for url in urls]
+        assert hosts[0] == "127.0.0.1" and "0.0.0.0" not in hosts
+        assert len({urlsplit(url).port for url in urls}) == 1
+        for url in urls:  # each is an address of this machine that the viewer answers on
+            with urllib.request.urlopen(f"{url}/info.json", timeout=10) as info:
+                assert "legend" in json.load(info)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+
+
+def _frames_folder(path: Path, good: int, bad: dict[int, bytes]) -> Path:
+    """`good` test pictures as PNGs 000.png, ..., with the files of `bad` (index -> bytes) in between."""
+    path.mkdir()
+    for i in range(good + len(bad)):
+        if i in bad:
+            (path / f"{i:03d}.png").write_bytes(bad[i])
+        else:
+            cv2.imwrite(str(path / f"{i:03d}.png"), make_image(i))
+    return path
+
+
+def test_bad_images_are_skipped_and_counted(tiny_bundle: Path, tmp_path: Path) -> None:
+    png = cv2.imencode(".png", make_image(0))[1].tobytes()
+    frames = _frames_folder(tmp_path / "in", 8, {4: png[: len(png) // 2], 7: b"not an image"})
+    out, stats = tmp_path / "out", tmp_path / "stats.json"
+    result = demo(tiny_bundle, "--source", frames, "--sink", f"{out}/", "--stats-json", stats)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(8)]
+    report = json.loads(stats.read_text())
+    assert report["frames_out"] == 8 and report["bad_frames"] == 2 and "error" not in report
+    assert f"{frames / '004.png'}: cannot decode image; skipped" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stats_json_is_written_when_the_run_fails(tiny_bundle: Path, tmp_path: Path) -> None:
+    frames = _frames_folder(tmp_path / "in", 3, {i: b"not an image" for i in range(3, 3 + MAX_BAD_FRAMES)})
+    stats = tmp_path / "stats.json"
+    result = demo(tiny_bundle, "--source", frames, "--sink", "null", "--stats-json", stats)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "undecodable frames in a row" in lines[-1], result.stderr
+    report = json.loads(stats.read_text())
+    assert report["bad_frames"] == MAX_BAD_FRAMES and "undecodable frames in a row" in report["error"]
+    assert report["frames_in"] == 3
+
+
+def test_png_folder_sink_refuses_a_folder_with_files_unless_forced(tiny_bundle: Path, video: Path,
+                                                                    tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("000000.png", "000099.png", ".partial.0badf00d.png", "notes.txt"):
+        (out / name).write_bytes(b"old")
+    result = demo(tiny_bundle, "--source", video, "--sink", f"{out}/", "--max-frames", 3)
+    assert result.returncode != 0 and "folder is not empty (4 files); --force" in result.stderr
+    assert len(list(out.iterdir())) == 4
+    result = demo(tiny_bundle, "--source", video, "--sink", f"{out}/", "--max-frames", 3, "--force")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "000002.png", "notes.txt"]
+    assert all(cv2.imread(str(out / f"{i:06d}.png")) is not None for i in range(3))
+
+
+def test_killed_run_leaves_only_whole_pngs(tiny_bundle: Path, video: Path, tmp_path: Path) -> None:
+    for kill in range(3):
+        out = tmp_path / f"out{kill}"
+        proc = subprocess.Popen([*DEMO, tiny_bundle, "--source", video, "--loop", "--sink", f"{out}/"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not out.is_dir() or len(list(out.iterdir())) < 10 + 7 * kill:  # killed at varying points
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        frames = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        assert frames == [f"{i:06d}.png" for i in range(len(frames))]
+        assert all(cv2.imread(str(out / name)) is not None for name in frames), "a half-written PNG"

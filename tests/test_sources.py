@@ -1,6 +1,7 @@
 """Frame sources: files, image folders, globs, pacing, flips, errors and reconnecting streams."""
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -240,3 +241,52 @@ def test_iterating_to_the_end_closes(video_file: Path) -> None:
     source = open_source(video_file)
     assert len(list(source)) == 12
     assert source.read() is None
+
+
+class BufferedStream(sources.Source):
+    """A live stream that had `buffered` frames waiting when it was opened, then gives one per 1/fps s."""
+
+    def __init__(self, buffered: int, live: int, fps: float):
+        super().__init__("buffered://", fps)
+        self._buffered, self._total = buffered, buffered + live
+
+    def read(self) -> sources.Frame | None:
+        if self._index == self._total or (self._index >= self._buffered and self._closing.wait(1 / self.fps)):
+            return None
+        return self._frame(make_image(self._index))
+
+
+def test_a_streams_backlog_is_skipped_not_dropped() -> None:
+    source = sources.LatestFrameSource(BufferedStream(buffered=20, live=10, fps=25))
+    frames = list(source)
+    assert source.backlog >= 18  # (a busy machine may delay the reader past a live frame: a real drop)
+    assert len(frames) + source.backlog + source.dropped == 30
+    assert frames[0].index == 0 and frames[-1].index == len(frames) + source.dropped - 1  # gaps: drops only
+    np.testing.assert_array_equal(frames[-1].image, make_image(29))
+
+
+def test_undecodable_images_are_skipped_and_counted(image_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    shutil.copytree(image_dir, folder)
+    png = (folder / "f02.png").read_bytes()
+    (folder / "f02a.png").write_bytes(png[: len(png) // 2])  # truncated
+    (folder / "f04a.png").write_text("not an image")
+    source = open_source(folder)
+    frames = list(source)
+    expected = [cv2.imread(str(p)) for p in sorted(image_dir.glob("*.png"))]
+    assert len(frames) == len(expected) == 6 and source.bad_frames == 2
+    assert [f.index for f in frames] == list(range(6))
+    for frame, image in zip(frames, expected):
+        np.testing.assert_array_equal(frame.image, image)
+
+
+def test_too_many_bad_images_in_a_row_stop_the_source(image_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(image_dir / "f00.png", tmp_path / "00.png")
+    for i in range(1, sources.MAX_BAD_FRAMES + 3):
+        (tmp_path / f"{i:02d}.png").write_text("not an image")
+    source = open_source(tmp_path)
+    assert source.read() is not None
+    with pytest.raises(EdgesegError, match=f"{sources.MAX_BAD_FRAMES} undecodable frames in a row") as info:
+        source.read()
+    assert str(info.value).startswith(f"{tmp_path / f'{sources.MAX_BAD_FRAMES:02d}.png'}: cannot decode image")
+    assert source.bad_frames == sources.MAX_BAD_FRAMES
