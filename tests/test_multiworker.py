@@ -18,11 +18,12 @@ from test_train import EDGESEG, ENV, _final_weights, _history, make_easy_dataset
 from edgeseg.rundir import CHECKPOINTS, STATE
 
 EPOCHS = 2
-#: fcn-tiny at 32x48, 8 training images in 2 global batches of 4: one image per replica and step each.
+#: fcn-tiny at 32x48, 8 training images in 2 global batches of 4: two images per replica and step.
 TRAIN = ["--model", "fcn-tiny", "--epochs", str(EPOCHS), "--batch-size", "4", "--input-size", "32x48",
          "--lr", "5e-3", "--no-logit-adjustment"]
-#: Two workers all-reduce their gradients over gRPC, in another order than one process summing two replicas.
-TOLERANCE = 1e-4
+#: Two workers all-reduce their gradients over gRPC where one process sums its two replicas locally; with op
+#: determinism the weights came out bit-identical here (max difference 0.0). History is rounded to 6 decimals.
+TOLERANCE = 2e-6
 #: Bound on each phase, for a loaded machine. The test costs about 135 CPU-seconds (measured; five TensorFlow
 #: processes, at most three at a time, each mostly start-up and tracing), so roughly 70 s on two free cores.
 PHASE_S = 420
@@ -105,16 +106,19 @@ def test_two_workers_chief_writes_resume_matches_one_process(tmp_path: Path) -> 
     assert state["setup"]["workers"] == 2 and state["setup"]["replicas"] == 2, state
     assert sorted(p.name for p in (run / CHECKPOINTS).iterdir()) == ["epoch_000.keras", "epoch_001.keras"]
     assert not [p for p in run.rglob(".*") if p.is_file()], "temporary files left in the run folder"
-    assert not any((tmp_path / "tmp").iterdir()), "a worker left its private folder behind"
+    # Worker 1 wrote into a private folder, removed at exit; SIGKILL left the killed one's (its config, logs).
+    leftovers = list((tmp_path / "tmp").glob("edgeseg-worker-*"))
+    assert len(leftovers) == 1 and (leftovers[0] / "config.json").is_file(), leftovers
 
     rows, ref_rows = _history(run), _history(reference)
     assert [r["epoch"] for r in rows] == [r["epoch"] for r in ref_rows] == ["0", "1"]
     for row, ref in zip(rows, ref_rows):
-        assert abs(float(row["loss"]) - float(ref["loss"])) <= TOLERANCE * max(1.0, float(ref["loss"])), (row, ref)
-    weights, _ = _final_weights(run, EPOCHS - 1)
-    ref_weights, _ = _final_weights(reference, EPOCHS - 1)
-    assert len(weights) == len(ref_weights)
-    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(weights, ref_weights))
+        for key in ("loss", "val_miou"):
+            assert abs(float(row[key]) - float(ref[key])) <= TOLERANCE, (row, ref)
+    weights, optimizer = _final_weights(run, EPOCHS - 1)  # the resumed optimizer state too
+    ref_weights, ref_optimizer = _final_weights(reference, EPOCHS - 1)
+    assert len(weights) == len(ref_weights) and len(optimizer) == len(ref_optimizer)
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(weights + optimizer, ref_weights + ref_optimizer))
     assert worst <= TOLERANCE, worst
 
 
