@@ -17,9 +17,9 @@ import json
 import os
 import shlex
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable  # typing's Callable: `Log` is evaluated on 3.8
 
 import numpy as np
 

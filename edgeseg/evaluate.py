@@ -1,7 +1,8 @@
 """Evaluation: one metric path for Keras models and every bundle backend."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Callable  # subscripted at run time below: typing's works on 3.8
 
 import numpy as np
 

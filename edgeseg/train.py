@@ -1,10 +1,13 @@
 """Training: data checks, class weighting, per-epoch checkpoints, best-by-val-mIoU, exact resume."""
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from .model import build_model
 from .rundir import (
     BEST_MODEL,
     CHECKPOINTS,
+    CONFIG,
     HISTORY,
     STATE,
     RunConfig,
@@ -67,19 +71,69 @@ def split_cpu_devices() -> None:
             pass
 
 
+class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy whose `reduce` takes what Keras 3's `fit` gives it across workers: a nested
+    value (its first (x, y, weight) batch), reduced tensor by tensor, and scalars (its logs) with `axis=0`,
+    reduced across replicas only."""
+
+    def reduce(self, reduce_op, value, axis):
+        reduce_one = super().reduce
+
+        def one(v):
+            scalar = self.experimental_local_results(v)[0].shape.rank == 0
+            return reduce_one(reduce_op, v, None if scalar else axis)
+
+        return tf.nest.map_structure(one, value)
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """`default`, `mirrored` (all local devices) or `multiworker` (machines from TF_CONFIG)."""
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _MultiWorkerStrategy()
     if name == "default":
         return tf.distribute.get_strategy()
     raise EdgesegError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
 
 
 Pairs = list[tuple[np.ndarray, np.ndarray]]
+
+
+def report_setup(name: str, strategy: tf.distribute.Strategy) -> dict:
+    """Print what training runs on (strategy, replicas, workers, devices, GPUs seen); returned for state.json."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver else {}
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy places ops on the first GPU, else the CPU
+        devices = [(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name]
+    setup = {"strategy": name, "replicas": strategy.num_replicas_in_sync, "devices": devices,
+             "workers": sum(len(tasks) for tasks in cluster.values()) or 1,
+             "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
+    print(f"training with strategy {name}: {setup['replicas']} replica(s) on {setup['workers']} worker(s); "
+          f"devices here: {', '.join(devices)}; GPUs seen: {len(setup['gpus']) or 'none'}", flush=True)
+    return setup
+
+
+def writable_run_dir(run_dir: Path, strategy: tf.distribute.Strategy) -> Path:
+    """Where this process writes the run: the run folder, except on a worker other than the chief of a
+    multi-worker run. Every worker trains and saves alike, but, as TensorFlow advises, only the chief writes
+    the run folder; the others write to a private temporary folder (removed at exit) that starts with a
+    copy of the run's small files and links to its checkpoints, what `--resume` and the logit adjustment read.
+    """
+    if strategy.extended.should_checkpoint:
+        return run_dir
+    private = Path(tempfile.mkdtemp(prefix="edgeseg-worker-"))
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    for name in (CONFIG, STATE, HISTORY):
+        if (run_dir / name).is_file():
+            shutil.copy(run_dir / name, private / name)
+    for checkpoint in sorted((run_dir / CHECKPOINTS).glob("epoch_*.keras")):
+        (private / CHECKPOINTS).mkdir(exist_ok=True)
+        (private / CHECKPOINTS / checkpoint.name).symlink_to(checkpoint.resolve())
+    return private
 
 
 def load_split(spec: DatasetSpec, skip_bad: bool) -> tuple[Pairs, int]:
@@ -209,6 +263,8 @@ def train(
     if resume:
         cfg = RunConfig.load(run_dir)
     split_cpu_devices()
+    dist = make_strategy(strategy)  # before any TensorFlow op: MultiWorkerMirroredStrategy has to come first
+    run_dir, setup = writable_run_dir(run_dir, dist), report_setup(strategy, dist)
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
 
@@ -219,7 +275,7 @@ def train(
     cfg.save(run_dir)
 
     start_epoch = state.get("epoch", -1) + 1
-    scope = make_strategy(strategy).scope
+    scope = dist.scope
     with scope():
         if resume:
             model = keras.saving.load_model(run_dir / CHECKPOINTS / f"epoch_{state['epoch']:03d}.keras")
@@ -255,7 +311,7 @@ def train(
             best_epoch = epoch
             save_atomic(run_dir / BEST_MODEL, model.save)
         append_history(run_dir, row)
-        write_state(run_dir, {"epoch": epoch, "best_epoch": best_epoch, "best_miou": best})
+        write_state(run_dir, {"epoch": epoch, "best_epoch": best_epoch, "best_miou": best, "setup": setup})
         if on_epoch:
             on_epoch(epoch, row)
     state = read_state(run_dir)

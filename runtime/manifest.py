@@ -128,9 +128,9 @@ def sha256_file(path: Path) -> str:
 
 def shipped_bundles() -> dict[str, Path]:
     """Bundles shipped inside the package (`edgeseg/pretrained/<name>/`), by name."""
-    from importlib.resources import files
+    import edgeseg
 
-    root = Path(str(files("edgeseg") / "pretrained"))
+    root = Path(edgeseg.__file__).parent / "pretrained"
     return {p.name: p for p in sorted(root.iterdir()) if (p / MANIFEST_NAME).is_file()} if root.is_dir() else {}
 
 

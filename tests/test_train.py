@@ -93,6 +93,7 @@ def test_tiny_model_learns_within_a_minute(easy_data: Path, tmp_path: Path) -> N
     assert sorted(p.name for p in (run / CHECKPOINTS).iterdir()) == [f"epoch_{e:03d}.keras" for e in range(6)]
     assert [float(r["val_miou"]) for r in _history(run)] == pytest.approx(mious)
     state = json.loads((run / STATE).read_text())
+    assert state.pop("setup")["strategy"] == "default"
     assert state == {"epoch": 5, "best_epoch": result.best_epoch,
                      "best_miou": pytest.approx(result.best_miou)}
     assert json.loads((run / "val_scores.json").read_text())["miou"] == pytest.approx(result.best_miou)

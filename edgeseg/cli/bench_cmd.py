@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -10,7 +10,7 @@ from rich.table import Table
 
 
 def bench(
-    targets: list[str] = typer.Argument(..., help="Bundles (paths or shipped names like camvid) and run folders."),
+    targets: List[str] = typer.Argument(..., help="Bundles (paths or shipped names like camvid) and run folders."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root for mIoU (left out: latency only)."),
     split: str = typer.Option("val", "--split"),
     threads: int = typer.Option(2, "--threads", help="CPU threads for every CPU backend."),

@@ -8,7 +8,8 @@ import typer
 
 from .options import parse_size
 
-data_app = typer.Typer(help="Datasets: generate the built-in synthetic set; show recording groups.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate the built-in synthetic set; show recording groups.",
+                       no_args_is_help=True)
 
 
 @data_app.command("synth")

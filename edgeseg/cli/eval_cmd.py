@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import typer
@@ -17,7 +16,7 @@ from ..runtime.manifest import MANIFEST_NAME
 
 
 def _predictor(model: Path, artifact: Optional[str], threads: Optional[int]
-               ) -> tuple[Callable[[np.ndarray], np.ndarray], list[str], Callable[[], None]]:
+               ) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str], Callable[[], None]]:
     """Label function, class names and a close function for a bundle, run folder or .keras file."""
     if (model / MANIFEST_NAME).is_file() or not model.exists():
         from ..runtime.backends.base import load_runner

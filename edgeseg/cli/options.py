@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Optional, Tuple
 
 from ..runtime.errors import EdgesegError
 
@@ -10,7 +11,7 @@ from ..runtime.errors import EdgesegError
 DEFAULT_DATA = Path("data/synth")
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> Tuple[int, int]:
     """'HxW' (e.g. '360x480') to (height, width)."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match or int(match[1]) < 1 or int(match[2]) < 1:
@@ -18,7 +19,7 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def default_data(data: Path | None, log=print) -> Path:
+def default_data(data: Optional[Path], log=print) -> Path:
     """`data`, or the built-in synthetic dataset (generated on first use)."""
     if data is not None:
         return data

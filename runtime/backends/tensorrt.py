@@ -42,7 +42,7 @@ def trt_major(version: str) -> int:
     return int(version.split(".")[0])
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)
 def trt_logger() -> trt.ILogger:
     """The process's one TensorRT logger (warnings and errors to stderr), shared by builder and runtime."""
     import tensorrt as trt
