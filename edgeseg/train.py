@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,8 +141,10 @@ def train(
     backbone_weights: Path | None = None,
     freeze_backbone: bool = False,
     on_epoch: Callable[[int, dict], None] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Train `cfg.model` on `cfg.data` into `run_dir`; with `resume`, continue from the last checkpoint."""
+    """Train `cfg.model` on `cfg.data` into `run_dir`; with `resume`, continue from the last checkpoint.
+    `callbacks` join every epoch's `fit` (e.g. `edgeseg.train_progress.StepProgress`)."""
     run_dir = Path(run_dir)
     state = read_state(run_dir) if resume else {}
     if not resume and (run_dir / BEST_MODEL).exists():
@@ -181,7 +183,7 @@ def train(
         batches = make_dataset(train_arrays, cfg.input_size, cfg.batch_size, training=True, seed=cfg.seed,
                                epoch=epoch, weights=weights, mean=cfg.mean, std=cfg.std)
         batches = batches.apply(tf.data.experimental.assert_cardinality(steps))
-        fit = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[tensorboard])
+        fit = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[tensorboard, *callbacks])
         scores = evaluate_arrays(
             keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
         row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6),

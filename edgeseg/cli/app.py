@@ -8,6 +8,7 @@ import warnings
 import typer
 
 from .. import __version__
+from ..console import quiet
 from ..runtime.errors import EdgesegError
 from . import commands
 
@@ -28,6 +29,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show TensorFlow's, the converters' and the interpreters' output (by default "
+                                 "kept in a log file beside the run or bundle)."),
 ) -> None:
     """edgeseg: train, quantize, compile and run real-time semantic segmentation at the edge."""
 
@@ -39,30 +43,31 @@ commands.register(app)
 TF_COMMANDS = {"train", "export", "eval", "build", "bench", "pretrain"}
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with stderr closed: its C++ start-up lines (absl, oneDNN) ignore
-    TF_CPP_MIN_LOG_LEVEL and would turn one-line errors into several lines."""
-    saved = os.dup(2)
+def _import_training_libraries(verbose: bool) -> None:
+    """Import TensorFlow and Keras up front (under `quiet()`, their start-up lines go to the log); without
+    --verbose, Keras' printed messages go to `logging` (and so to the log) too."""
     try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import tensorflow  # noqa: F401
-            except ImportError:
-                pass
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        import keras
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return
+    if not verbose:
+        keras.config.disable_interactive_logging()
 
 
 def main() -> None:
     """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(tensorflow|keras)\.")
-    if len(sys.argv) > 1 and sys.argv[1] in TF_COMMANDS and "--help" not in sys.argv:
-        _import_tensorflow_quietly()
+    args = sys.argv[1:]
+    command = next((a for a in args if not a.startswith("-")), None)
+    verbose = "--verbose" in args[:args.index(command) if command else len(args)]
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(tensorflow|keras)\.")
     try:
-        app()
+        with quiet(not verbose):
+            if command in TF_COMMANDS and "--help" not in args:
+                _import_training_libraries(verbose)
+            app()
     except EdgesegError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

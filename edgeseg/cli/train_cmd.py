@@ -38,16 +38,17 @@ def train(
                                           help="Train on this seeded fraction of the labeled images (at least 1)."),
 ) -> None:
     """Train a compact FCN; the best epoch by validation mIoU is kept as RUN/model.keras."""
-    from rich.progress import Progress
-
+    from ..console import keep_log, say
     from ..data.readers import open_dataset
+    from ..progress import stage
     from ..rundir import RunConfig
     from ..train import train as run_training
+    from ..train_progress import StepProgress
 
     if resume:
         cfg = RunConfig.load(out)
     else:
-        data = default_data(data, typer.echo)
+        data = default_data(data, say)
         spec = open_dataset(data, "train", data_format)
         cfg = RunConfig(model=model, classes=spec.classes, palette=spec.palette, input_size=parse_size(input_size),
                         data=str(Path(data).resolve()), data_format=spec.format, seed=seed, epochs=epochs,
@@ -57,20 +58,18 @@ def train(
                         freeze_encoder_epochs=freeze_encoder_epochs, labels_fraction=labels_fraction,
                         logit_adjustment=logit_adjustment)
     out.mkdir(parents=True, exist_ok=True)
-    with Progress(transient=True) as progress:
-        task = progress.add_task("training", total=cfg.epochs)
-
+    keep_log(out / "train.log")
+    with stage(f"training {cfg.model}") as bar:
         def on_epoch(epoch: int, row: dict) -> None:
-            progress.update(task, completed=epoch + 1)
-            progress.console.print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}  "
-                                   f"val mIoU {row['val_miou'] * 100:.2f}")
+            say(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}  val mIoU {row['val_miou'] * 100:.2f}")
 
         result = run_training(cfg, out, resume=resume, skip_bad=skip_bad, strategy=strategy,
-                              backbone_weights=backbone_weights, freeze_backbone=freeze_backbone, on_epoch=on_epoch)
+                              backbone_weights=backbone_weights, freeze_backbone=freeze_backbone, on_epoch=on_epoch,
+                              callbacks=[StepProgress(bar, cfg.epochs)])
     skipped = f", {result.skipped} bad samples skipped" if result.skipped else ""
     adjustment = result.adjustment
-    typer.echo(f"trained {cfg.model} for {result.epochs_run} epochs in {result.seconds:.0f}s: best val mIoU "
-               f"{result.best_miou * 100:.2f} (epoch {result.best_epoch + 1}) -> {out / 'model.keras'}{skipped}")
+    say(f"trained {cfg.model} for {result.epochs_run} epochs in {result.seconds:.0f}s: best val mIoU "
+        f"{result.best_miou * 100:.2f} (epoch {result.best_epoch + 1}) -> {out / 'model.keras'}{skipped}")
     if adjustment and adjustment["alpha"]:
-        typer.echo(f"logit adjustment (strength {adjustment['alpha']}, chosen on val): val mIoU "
-                   f"{adjustment['val_miou_trained'] * 100:.2f} -> {adjustment['val_miou'] * 100:.2f}")
+        say(f"logit adjustment (strength {adjustment['alpha']}, chosen on val): val mIoU "
+            f"{adjustment['val_miou_trained'] * 100:.2f} -> {adjustment['val_miou'] * 100:.2f}")
