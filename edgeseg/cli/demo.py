@@ -25,7 +25,7 @@ def demo(
     source: str = typer.Option(
         "0", "--source", "-s",
         help="Input URI: camera 0 or /dev/video0, csi://0, rtsp://..., http://... (MJPEG), a video file, "
-             "an image folder or glob."),
+             "an image folder or glob, or sample (a CamVid clip shipped in the package)."),
     sink: str = typer.Option(
         "display://0", "--sink", "-o",
         help="Output URI: display://0, out.mp4 / out.avi, dir/ (PNG images), http://HOST:PORT (MJPEG + web "
