@@ -122,6 +122,9 @@ def test_shipped_model_on_the_shipped_sample_clip(tmp_path: Path) -> None:
     assert match and match.groups() == ("6", "0", "null")
     assert json.loads(stats.read_text())["frames_out"] == 6
     assert "XNNPACK" not in result.stdout + result.stderr  # the interpreter's chatter stays out of sight
+    verbose = subprocess.run([*DEMO[:-1], "--verbose", "demo", "camvid", "--source", "sample", "--sink", "null",
+                              "--max-frames", "2"], capture_output=True, text=True, timeout=60, check=False)
+    assert verbose.returncode == 0 and "XNNPACK" in verbose.stdout + verbose.stderr
 
 
 def test_sample_clip_is_a_few_seconds_of_camvid_frames() -> None:
