@@ -55,8 +55,8 @@ def summary(bundle: Path, report: dict, synthetic: bool, log: Path) -> list[str]
                      f"{art['latency_ms']['p50']:>8}{art['latency_ms']['fps']:>8}")
     lines.append(f"  per-class IoU: {bundle / 'report.md'}; log: {log}")
     if synthetic:
-        lines.append("This was the built-in synthetic set: a check that the whole path works here. A real model:")
-        lines.append("  edgeseg demo camvid --source sample --sink http://127.0.0.1:8080   # shipped CamVid model, "
-                     "sample clip, in the browser")
-    lines.append(f"  edgeseg bench camvid {bundle}   # the shipped model beside yours: size, latency, FPS")
+        lines += ["The built-in synthetic shapes checked the whole path here. Next, the shipped CamVid street-scene",
+                  "model on a sample clip in the browser, and its latency beside this build's:",
+                  "  edgeseg demo camvid --source sample --sink http://127.0.0.1:8080"]
+    lines.append(f"  edgeseg bench camvid {bundle}")
     return lines
