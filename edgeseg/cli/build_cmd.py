@@ -58,5 +58,7 @@ def summary(bundle: Path, report: dict, synthetic: bool, log: Path) -> list[str]
         lines += ["The built-in synthetic shapes checked the whole path here. Next, the shipped CamVid street-scene",
                   "model on a sample clip in the browser, and its latency beside this build's:",
                   "  edgeseg demo camvid --source sample --sink http://127.0.0.1:8080"]
+    else:
+        lines.append("Latency beside the shipped CamVid model's:")
     lines.append(f"  edgeseg bench camvid {bundle}")
     return lines
