@@ -44,12 +44,6 @@ def keep_log(path: Path) -> None:
     _keep = Path(path)
 
 
-def _quiet_python_libraries() -> None:
-    """Send Keras' printed messages (the export's `Captures:` dumps, `Saved artifact at`) to `logging`."""
-    if "keras" in sys.modules:
-        sys.modules["keras"].config.disable_interactive_logging()
-
-
 @contextmanager
 def quiet(enabled: bool = True) -> Iterator[None]:
     """Send file descriptors 1 and 2 to a log file while the block runs (see the module docstring)."""
