@@ -4,7 +4,8 @@ TensorFlow, the converters and the interpreters write to the process's file desc
 C++ (absl, MLIR, XNNPACK) and from Python (Keras' export dumps, `logging`, `warnings`). `quiet()` points
 both descriptors at a log file and gives `sys.stdout`/`sys.stderr` back to the terminal through copies
 of the original descriptors, so edgeseg's lines (and its one-line errors) still reach the user while the
-chatter lands in the log. A command that writes a run or a bundle keeps the log beside it
+chatter lands in the log (`logging` and `warnings` go there too; the CLI also turns Keras' printed
+messages into `logging` ones). A command that writes a run or a bundle keeps the log beside it
 (`keep_log`); `--verbose` turns all of this off.
 """
 from __future__ import annotations
