@@ -273,12 +273,12 @@ def test_web_page_shows_live_stream_stats_and_legend(served: Served, chromium: D
 
 GEOMETRY = """(() => {
   const img = document.getElementById("stream");
-  if (!img || img.naturalWidth === 0 || !img.style.getPropertyValue("--ratio")) return null;
+  if (!img || img.naturalWidth === 0) return null;
   const box = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; };
   const swatch = document.querySelector("#legend .swatch");
   if (!swatch) return null;
   return {
-    natural: [img.naturalWidth, img.naturalHeight], img: box(img), view: box(document.getElementById("view")),
+    natural: [img.naturalWidth, img.naturalHeight], img: box(img), view: box(img.parentElement),
     header: box(document.querySelector("header")), aside: box(document.querySelector("aside")),
     page: getComputedStyle(document.body).backgroundColor, border: getComputedStyle(swatch).borderTopColor,
     text: getComputedStyle(swatch.parentElement).color,
@@ -308,7 +308,9 @@ def test_web_page_shows_the_frame_at_its_aspect_ratio_filling_the_space(window: 
     chromium.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
                   mobile=False)
     chromium.call("Page.navigate", url=f"{served.url}/")
-    geo = wait_for(lambda: chromium.evaluate(GEOMETRY), lambda g: g is not None)
+    wait_for(lambda: chromium.evaluate(GEOMETRY), lambda g: g is not None)
+    time.sleep(1.0)  # the page fits the picture to its first frame within its next poll (every 0.5 s)
+    geo = chromium.evaluate(GEOMETRY)
     shot = cv2.imdecode(np.frombuffer(base64.b64decode(
         chromium.call("Page.captureScreenshot", format="png")["data"]), np.uint8), cv2.IMREAD_COLOR)
     assert shot.shape[:2] == (height, width)
