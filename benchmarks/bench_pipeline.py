@@ -27,9 +27,9 @@ STAGES = ("capture", "preprocess", "infer", "postprocess", "render", "sink")
 FRAME_SIZE = (480, 360)  # width, height
 
 
-def make_video(pattern: str, path: Path, fps: float = 30.0) -> Path:
-    """An mp4v video of the images matching `pattern` (sorted), resized to 480x360."""
-    files = sorted(glob.glob(pattern))
+def make_video(pattern: str, path: Path, fps: float = 30.0, limit: int | None = None) -> Path:
+    """An mp4v video of the images matching `pattern` (sorted; the first `limit`), resized to 480x360."""
+    files = sorted(glob.glob(pattern))[:limit]
     if not files:
         raise EdgesegError(f"{pattern}: no images")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, FRAME_SIZE)

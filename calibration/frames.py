@@ -42,16 +42,26 @@ def choose_calibration(
     return calib, [resize_rgb(pairs[i][0], height, width) for i in chosen]
 
 
-def frames_from_record(record: dict, input_size: tuple[int, int]) -> list[np.ndarray]:
-    """The frames of a bundle's calibration record (root + files), resized as at export."""
-    root = Path(record.get("root", ""))
+def holds_record(root: Path, record: dict) -> bool:
+    """Whether `root` has every file of a bundle's calibration record."""
+    return bool(record.get("files")) and all((Path(root) / name).is_file() for name in record["files"])
+
+
+def frames_from_record(record: dict, input_size: tuple[int, int], root: Path | None = None) -> list[np.ndarray]:
+    """The frames of a bundle's calibration record (`data` + `files`), resized as at export; the files are
+    looked up under `root` when given, and must hash to the recorded `sha256`."""
+    root = Path(record.get("data", "") if root is None else root)
+    files = record.get("files", [])
+    if not files:
+        raise EdgesegError("the bundle records no calibration images (give --calib-data DIR)")
     frames = []
-    for name in record.get("files", []):
+    for name in files:
         path = root / name
         try:
             frames.append(resize_rgb(read_image(path), *input_size))
         except DataError:
             raise EdgesegError(f"{path}: calibration image not found or unreadable (give --calib-data DIR)") from None
-    if not frames:
-        raise EdgesegError("the bundle records no calibration images (give --calib-data DIR)")
+    if record.get("sha256") and content_hash(root, files) != record["sha256"]:
+        raise EdgesegError(f"{root}: the recorded calibration files differ from the images the bundle was "
+                           f"calibrated on (sha256 mismatch)")
     return frames

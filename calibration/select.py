@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.manifest import IGNORE_INDEX
+from ..runtime.manifest import IGNORE_INDEX, portable_path
 
 
 @dataclass
 class CalibrationSet:
-    """The chosen images (paths relative to the data root, in order) and a hash of their content."""
+    """The chosen images (paths relative to the data root `root`, in order) and a hash of their content."""
 
     root: str
     files: list[str]
@@ -21,9 +21,10 @@ class CalibrationSet:
     images_per_class: dict[str, int] = field(default_factory=dict)
 
     def record(self) -> dict:
-        """What the bundle keeps: enough to tell whether a later export used the same images."""
-        return {"root": self.root, "num_images": len(self.files), "files": self.files, "sha256": self.sha256,
-                "images_per_class": self.images_per_class}
+        """What the bundle keeps: enough to tell whether a later export used the same images, and to find
+        them again (`data`: the root as `portable_path` names it; `--calib-data` points elsewhere)."""
+        return {"data": portable_path(self.root), "num_images": len(self.files), "files": self.files,
+                "sha256": self.sha256, "images_per_class": self.images_per_class}
 
 
 def class_histograms(masks: Sequence[np.ndarray], num_classes: int) -> np.ndarray:

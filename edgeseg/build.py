@@ -15,16 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bench import latency_summary
+from .console import detail
 from .data.groups import parse_groups
 from .data.readers import DatasetSpec, open_dataset
 from .data.synth import generate_synthetic
 from .export import ExportOptions, export_bundle
+from .progress import stage
 from .rundir import STATE, RunConfig, atomic_write_text
 from .runtime.backends.base import load_runner
 from .runtime.errors import EdgesegError
 from .runtime.manifest import MANIFEST_NAME, read_manifest
 from .summary import heldout_line
 from .train import check_groups, train, training_done
+from .train_progress import StepProgress
 
 Log = Callable[[str], None]
 
@@ -35,8 +38,9 @@ class BuildOptions:
     data: Path | None = None
     run: Path | None = None
     model: str = "fcn-tiny"
-    epochs: int = 20
+    epochs: int = 8
     batch_size: int = 8
+    learning_rate: float = 5e-3
     input_size: tuple[int, int] = (96, 128)
     seed: int = 0
     num_calib: int = 200
@@ -71,15 +75,23 @@ def _stage_train(opts: BuildOptions, data: Path, log: Log) -> Path:
     spec = open_dataset(data, "train")
     cfg = RunConfig(model=opts.model, classes=spec.classes, palette=spec.palette, input_size=opts.input_size,
                     data=str(Path(data).resolve()), data_format=spec.format, seed=opts.seed, epochs=opts.epochs,
-                    batch_size=opts.batch_size, holdout_groups=holdout_groups(spec, opts.holdout))
+                    batch_size=opts.batch_size, learning_rate=opts.learning_rate,
+                    holdout_groups=holdout_groups(spec, opts.holdout))
     check_groups(cfg)
     if cfg.holdout_groups:
         log(f"train: holding out recording(s) {', '.join(cfg.holdout_groups)} for the held-out estimate")
     log(f"train: {'resuming' if resume else 'training'} {opts.model} for {opts.epochs} epochs on {data}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    train(cfg, run_dir, resume=resume,
-          on_epoch=lambda e, row: log(f"  epoch {e + 1}/{cfg.epochs}: loss {row['loss']:.4f} "
-                                      f"val mIoU {row['val_miou'] * 100:.2f}"))
+    with stage(f"train: {opts.model}") as bar:
+        def on_epoch(epoch: int, row: dict) -> None:
+            line = f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, val mIoU {row['val_miou'] * 100:.2f}"
+            bar.update(description=f"train: {line}")
+            detail(f"  {line}")
+
+        result = train(cfg, run_dir, resume=resume, on_epoch=on_epoch, callbacks=[StepProgress(bar, cfg.epochs)])
+    adjusted = result.adjustment or {}
+    log(f"train: best val mIoU {result.best_miou * 100:.2f} (epoch {result.best_epoch + 1}) in {result.seconds:.0f} s"
+        + (f", {adjusted['val_miou'] * 100:.2f} after logit adjustment" if adjusted.get("alpha") else ""))
     return run_dir
 
 
@@ -174,4 +186,5 @@ def build(opts: BuildOptions, target: str = "cpu", log: Log = print) -> tuple[Pa
     if target == "jetson":
         _compile_on_device(bundle, log)
     log("report: measuring latency")
-    return bundle, write_report(bundle, opts.threads)
+    with stage("report: measuring latency"):
+        return bundle, write_report(bundle, opts.threads)

@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .calibration.cache import CalibrationCache, cache_key
 from .calibration.frames import choose_calibration
-from .calibration.select import CalibrationSet
+from .calibration.select import CalibrationSet, content_hash
 from .converters import tflite
 from .data.groups import overlap_warning
 from .data.readers import open_dataset
@@ -27,10 +27,11 @@ from .deploy import deploy_model
 from .evaluate import evaluate_arrays
 from .metrics import SegmentationScores
 from .model import count_macs, count_params
+from .progress import Tracked, stage
 from .rundir import RunConfig, read_state
 from .runtime.backends.base import runner_for
 from .runtime.errors import EdgesegError
-from .runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, staging_dir, write_bundle
+from .runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, portable_path, staging_dir, write_bundle
 from .train import TrainingData, load_run_model, load_split, training_groups
 
 Progress = Callable[[str], None]
@@ -108,7 +109,10 @@ def _calibrated(run_dir: Path, deploy, cfg: RunConfig, opts: ExportOptions, kind
     if ranges is not None:
         log(f"calibration: reusing cached ranges ({cache.path(key, kind).name})")
     else:
-        ranges = compute(frames)
+        # TFLite reads the frames once, in order (a counted bar); the Q/DQ calibration makes two passes
+        with stage("calibration: observing activation ranges", total=len(frames) if kind == "tflite" else None) \
+                as bar:
+            ranges = compute(Tracked(frames, bar))
         cache.put(key, kind, ranges)
     return calib, frames, ranges
 
@@ -129,8 +133,9 @@ def _evaluate_artifacts(staging: Path, manifest: Manifest, pairs: list[tuple[np.
                         cfg: RunConfig, opts: ExportOptions, log: Progress) -> dict[str, SegmentationScores]:
     scores = {}
     for name, art in manifest.artifacts.items():
-        with runner_for(staging, manifest, art, threads=opts.threads) as runner:
-            scores[name] = evaluate_arrays(runner.predict, pairs, cfg.classes)
+        with runner_for(staging, manifest, art, threads=opts.threads) as runner, \
+                stage(f"eval {name}", total=len(pairs)) as bar:
+            scores[name] = evaluate_arrays(runner.predict, pairs, cfg.classes, progress=bar.advance)
         log(f"eval {name}: mIoU {scores[name].miou * 100:.2f} on {len(pairs)} images")
     return scores
 
@@ -175,7 +180,7 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
         result = ExportResult(out, Manifest(
             classes=cfg.classes, palette=cfg.palette, artifacts={}, default=opts.precision, target=target,
             model={"name": cfg.model, "params": count_params(deploy), "macs": count_macs(network(deploy)),
-                   "run": str(run_dir), **_logit_adjustment(run_dir)},
+                   "run": portable_path(run_dir), **_logit_adjustment(run_dir)},
             versions=tool_versions()))
         pairs, warning = _eval_pairs(cfg, opts, log) if opts.eval_data is not None else (None, None)
         convert(staging, run_dir, deploy, cfg, opts, pairs, result, log)
@@ -231,7 +236,7 @@ def _record_evaluation(staging: Path, result: ExportResult, pairs: list[tuple[np
                        cfg: RunConfig, opts: ExportOptions, log: Progress) -> None:
     manifest = result.manifest
     result.scores = _evaluate_artifacts(staging, manifest, pairs, cfg, opts, log)
-    manifest.evaluation = {**manifest.evaluation, "data": str(opts.eval_data), "split": opts.eval_split,
+    manifest.evaluation = {**manifest.evaluation, **_evaluation_set(opts),
                            "scores": {k: v.to_dict() for k, v in result.scores.items()}}
     if opts.precision == "int8":
         manifest.evaluation["comparison"] = comparison(result.scores["fp32"], result.scores["int8"])
@@ -241,13 +246,28 @@ def _record_evaluation(staging: Path, result: ExportResult, pairs: list[tuple[np
                                f"more than --max-drop {opts.max_drop}; bundle not written")
 
 
+def _evaluation_set(opts: ExportOptions) -> dict:
+    """The evaluation images as a bundle records them: data folder (`portable_path`), split, files, hash."""
+    spec = open_dataset(opts.eval_data, opts.eval_split)
+    files = [s.image.relative_to(spec.root).as_posix() for s in spec.samples]
+    return {"data": portable_path(spec.root), "split": opts.eval_split, "files": files,
+            "sha256": content_hash(Path(spec.root), files)}
+
+
+def _cache_record(result: ExportResult) -> dict:
+    """Where the calibration cache entry is, relative to the run folder, and whether it was reused."""
+    return {"cache": f"calibration/{result.calibration_cache.name}" if result.calibration_cache else None,
+            "reused_cache": result.calibration_cached}
+
+
 def _convert_cpu(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: ExportOptions,
                  pairs, result: ExportResult, log: Progress) -> None:
     """TFLite: the float model, and for INT8 the full-integer one (checked integer-only)."""
     artifacts = result.manifest.artifacts
     float_precision = "fp32" if opts.precision == "int8" else opts.precision
     log(f"convert: TFLite {float_precision}")
-    (staging / f"model_{float_precision}.tflite").write_bytes(tflite.convert_float(deploy, float_precision))
+    with stage(f"convert: TFLite {float_precision}"):
+        (staging / f"model_{float_precision}.tflite").write_bytes(tflite.convert_float(deploy, float_precision))
     artifacts[float_precision] = tflite_artifact(f"model_{float_precision}.tflite", float_precision, opts.output,
                                                  cfg.input_size)
     if opts.precision != "int8":
@@ -255,7 +275,8 @@ def _convert_cpu(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: Exp
     calib, frames, calibrated = _calibrated(run_dir, deploy, cfg, opts, "tflite", opts.output,
                                             lambda frames: tflite.calibrate(deploy, frames), result, log)
     log("convert: TFLite int8 (full integer)")
-    int8 = tflite.quantize(calibrated, opts.output, opts.float_layers, opts.float_ops)
+    with stage("convert: TFLite int8 (full integer)"):
+        int8 = tflite.quantize(calibrated, opts.output, opts.float_layers, opts.float_ops)
     report = tflite.inspect_tflite(int8)
     tflite.check_integer_only(report, opts.float_layers, opts.float_ops,
                               source=str(result.bundle / "model_int8.tflite"))
@@ -264,8 +285,7 @@ def _convert_cpu(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: Exp
     artifacts["int8"].extra = {"ops": report.op_counts(), "float_layers": list(opts.float_layers),
                                "float_ops": list(opts.float_ops)}
     # the cache (a float model with recorded ranges, as large as the fp32 file) stays in the run
-    result.manifest.calibration = {**calib.record(), "cache": str(result.calibration_cache),
-                                   "reused_cache": result.calibration_cached}
+    result.manifest.calibration = {**calib.record(), **_cache_record(result)}
     if opts.debug_quant:
         log("debug-quant: per-layer quantization error")
         result.quant_errors = tflite.debug_quantization(deploy, frames)
@@ -281,8 +301,9 @@ def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: 
 
     artifacts = result.manifest.artifacts
     log(f"convert: ONNX fp32 (opset {opts.opset}, {opts.layout.upper()}, batch {opts.batch})")
-    artifacts["fp32"] = onnx_export.export_onnx(deploy, staging / "model_fp32.onnx", opset=opts.opset,
-                                                layout=opts.layout, batch=opts.batch)
+    with stage("convert: ONNX fp32"):
+        artifacts["fp32"] = onnx_export.export_onnx(deploy, staging / "model_fp32.onnx", opset=opts.opset,
+                                                    layout=opts.layout, batch=opts.batch)
     if opts.precision != "int8":
         return
     method = opts.calib_method or ("auto" if pairs is not None else "entropy")
@@ -299,15 +320,15 @@ def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: 
         score_fn = onnx_qdq.miou_score_fn([p[0] for p in pairs], [p[1] for p in pairs], cfg.num_classes,
                                           threads=opts.threads)
     log(f"convert: Q/DQ INT8 ONNX (calibration {method})")
-    artifacts["int8"], scores = onnx_qdq.quantize_qdq(staging / "model_fp32.onnx", staging / "model_int8_qdq.onnx",
-                                                      frames, method, score_fn, thresholds=json.loads(ranges))
+    with stage(f"convert: Q/DQ INT8 ONNX (calibration {method})"):
+        artifacts["int8"], scores = onnx_qdq.quantize_qdq(
+            staging / "model_fp32.onnx", staging / "model_int8_qdq.onnx", frames, method, score_fn,
+            thresholds=json.loads(ranges))
     placed = artifacts["int8"].extra["qdq_placement"]
     log(f"Q/DQ placement: {placed['qdq_pairs']} pairs, {len(placed['float_convs'])} float convolution(s), "
         f"{placed['skip_adds']['one_input_quantized']} skip Add(s) fused into their convolution")
     (staging / "calibration_ranges.json").write_bytes(ranges)
-    result.manifest.calibration = {**calib.record(), "cache": str(result.calibration_cache),
-                                   "ranges_file": "calibration_ranges.json",
-                                   "reused_cache": result.calibration_cached,
+    result.manifest.calibration = {**calib.record(), **_cache_record(result), "ranges_file": "calibration_ranges.json",
                                    "method": artifacts["int8"].extra["calibration_method"],
                                    "method_scores": scores}
 

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,8 +252,10 @@ def train(
     backbone_weights: Path | None = None,
     freeze_backbone: bool = False,
     on_epoch: Callable[[int, dict], None] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Train `cfg.model` on `cfg.data` into `run_dir`; with `resume`, continue from the last checkpoint."""
+    """Train `cfg.model` on `cfg.data` into `run_dir`; with `resume`, continue from the last checkpoint.
+    `callbacks` join every epoch's `fit` (e.g. `edgeseg.train_progress.StepProgress`)."""
     run_dir = Path(run_dir)
     state = read_state(run_dir) if resume else {}
     if not resume and (run_dir / BEST_MODEL).exists():
@@ -296,7 +298,7 @@ def train(
                                epoch=epoch, weights=weights, mean=cfg.mean, std=cfg.std,
                                augment=AUGMENTS[cfg.augment], reference=cfg.input_size)
         batches = batches.apply(tf.data.experimental.assert_cardinality(steps))
-        fit = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[tensorboard])
+        fit = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[tensorboard, *callbacks])
         row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6), "val_miou": "",
                "val_pixel_accuracy": ""}
         save_atomic(run_dir / CHECKPOINTS / f"epoch_{epoch:03d}.keras", model.save)

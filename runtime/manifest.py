@@ -171,6 +171,16 @@ def read_manifest(bundle: str | os.PathLike[str], verify: bool = True) -> Manife
     return manifest
 
 
+def portable_path(path: str | os.PathLike[str]) -> str:
+    """How a manifest names a folder of the machine that wrote it: relative to the working folder when it
+    lies inside it, else by its name alone (a manifest never holds an absolute path)."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return resolved.name
+
+
 def write_bundle(staging: Path, dest: Path, manifest: Manifest, force: bool = False) -> Path:
     """Finish a bundle staged in `staging` (a temp folder beside `dest`) and move it into place.
 

@@ -5,7 +5,8 @@
 - `0`, `/dev/video0`, `v4l2:///dev/video0`: a V4L2 camera (requested `width`, `height`, `fps`);
 - `csi://0`: a Jetson CSI camera through GStreamer (`nvarguscamerasrc`), flipped in hardware;
 - `rtsp://...`, `http(s)://...` (MJPEG or anything OpenCV/FFmpeg opens), `rtmp://`, `udp://`, `tcp://`;
-- a video file, an image file, a folder of images or a glob (`file://` prefix optional).
+- a video file, an image file, a folder of images or a glob (`file://` prefix optional);
+- `sample`: a few seconds of CamVid street scenes shipped in the package (see `sample_clip`).
 
 Cameras and streams are live: a capture thread keeps only the newest frame (older ones are dropped
 and counted), and a stream that fails or stalls is reopened with backoff. What a stream buffered before
@@ -428,6 +429,17 @@ def _image_paths(uri: str, path: str) -> list[Path] | None:
     return [p] if p.suffix.lower() in IMAGE_SUFFIXES else None
 
 
+def sample_clip() -> Path:
+    """The clip shipped in the package (CamVid val frames, 480x360 at 15 FPS; made by
+    benchmarks/make_sample_clip.py): something to run the shipped CamVid model on without a camera."""
+    from importlib.resources import files
+
+    path = Path(str(files("edgeseg") / "samples" / "camvid.mp4"))
+    if not path.is_file():
+        raise EdgesegError(f"{path}: the sample clip is missing from this install")
+    return path
+
+
 def open_source(uri: str | Path, *, width: int | None = None, height: int | None = None,
                 fps: float | None = None, flip: str = "none", loop: bool = False,
                 realtime: bool = False) -> Source:
@@ -437,7 +449,7 @@ def open_source(uri: str | Path, *, width: int | None = None, height: int | None
     `realtime`. `flip` is one of `FLIPS`. `loop` replays files; `realtime` plays them at their frame
     rate, dropping frames the reader is too slow for.
     """
-    uri = str(uri)
+    uri = str(sample_clip()) if str(uri) == "sample" else str(uri)
     if flip not in FLIPS:
         raise EdgesegError(f"unknown flip {flip!r}; use one of: {', '.join(FLIPS)}")
     method = FLIPS[flip]

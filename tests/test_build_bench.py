@@ -1,10 +1,15 @@
 """`edgeseg build` end to end on tiny synthetic data, stage reuse, the jetson bundle, and `edgeseg bench`."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -17,18 +22,89 @@ def _edgeseg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+_TERMINAL_CODE = re.compile(r"\x1b\[([?0-9;]*)([A-Za-z])|\x1b[()][A-Z0-9]|\r|\n|[^\x1b\r\n]+")
+
+
+def screen_lines(output: str) -> list[str]:
+    """What a terminal shows after `output` (scrolled-off lines included): text, carriage returns, newlines,
+    cursor up/down/column and line erasing, as progress bars use them; colours ignored."""
+    lines, row, col = [""], 0, 0
+    for match in _TERMINAL_CODE.finditer(output):
+        token, args, code = match.group(0), match.group(1) or "", match.group(2)
+        count = int(args) if args.isdigit() else 1
+        if token == "\n" or code == "B":
+            row, col = row + (1 if token == "\n" else count), 0 if token == "\n" else col
+            lines += [""] * (row + 1 - len(lines))
+        elif token == "\r":
+            col = 0
+        elif code == "A":
+            row = max(0, row - count)
+        elif code == "K":
+            lines[row] = lines[row][:col] if args in ("", "0") else ""
+        elif code == "G":
+            col = count - 1
+        elif not token.startswith("\x1b"):
+            lines[row] = lines[row].ljust(col)[:col] + token + lines[row][col + len(token):]
+            col += len(token)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def in_terminal(*args: str, cwd: Path, columns: int = 120) -> tuple[int, list[str]]:
+    """Run edgeseg on a pseudo-terminal, as a user sees it: the exit status and the screen's lines."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli.app", *args], cwd=cwd, env=ENV, stdin=slave,
+                            stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # EIO: the child side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(60), screen_lines(b"".join(chunks).decode("utf-8", "replace"))
+
+
+#: What TensorFlow, the converters and the interpreters print (absl/C++ log lines, Keras' export dump).
+TF_CHATTER = re.compile(r"absl::InitializeLog|^[IWEF]\d{4} |XNNPACK|fully_quantize|Saved artifact|TensorSpec|"
+                        r"Captures:|oneDNN|tensorflow|UserWarning")
+
+
+def test_screen_lines_follow_cursor_movements() -> None:
+    assert screen_lines("a\nbar 1\rbar 2\n\x1b[1A\x1b[2Kdone\nb\n") == ["a", "done", "b"]
+    assert screen_lines("x\x1b[32mgreen\x1b[0m\r\x1b[2K") == []
+
+
 @pytest.fixture(scope="module")
-def cpu_build(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """`edgeseg build --target cpu` with no data: it generates the synthetic set, trains, exports, reports."""
+def cpu_build(tmp_path_factory) -> tuple[Path, list[str]]:
+    """`edgeseg build --target cpu` with no data, on a terminal: it generates the synthetic set, trains,
+    exports, reports."""
     work = tmp_path_factory.mktemp("build")
-    out = _edgeseg("build", "--target", "cpu", "--epochs", "2", "--input-size", "64x96", "--num-calib", "8",
-                   cwd=work)
-    assert out.returncode == 0, out.stderr
-    return work / "build" / "cpu", out
+    status, lines = in_terminal("build", "--target", "cpu", "--epochs", "2", "--input-size", "64x96",
+                                "--num-calib", "8", cwd=work)
+    assert status == 0, "\n".join(lines)
+    return work / "build" / "cpu", lines
+
+
+def test_build_output_fits_one_screen_with_tensorflow_kept_in_the_log(cpu_build) -> None:
+    root, lines = cpu_build
+    assert len(lines) <= 40, "\n".join(lines)
+    assert not [line for line in lines if TF_CHATTER.search(line)], "\n".join(lines)
+    log = (root / "build.log").read_text()
+    assert "fully_quantize" in log and "XNNPACK" in log and "train: training fcn-tiny" in log
+    assert re.search(r"^  epoch 2/2: loss [\d.]+, val mIoU [\d.]+$", log, re.M)  # the detail stays in the log
+    assert any(line.startswith("  edgeseg demo camvid --source sample --sink http://127.0.0.1:8080")
+               for line in lines)
 
 
 def test_build_cpu_end_to_end(cpu_build) -> None:
-    root, out = cpu_build
+    root, lines = cpu_build
     bundle = root / "bundle"
     manifest = json.loads((bundle / "edgeseg.json").read_text())
     assert set(manifest["artifacts"]) == {"fp32", "int8"} and manifest["target"] == "cpu"
@@ -45,7 +121,9 @@ def test_build_cpu_end_to_end(cpu_build) -> None:
     alpha = json.loads((root / "run" / "state.json").read_text())["logit_adjustment"]["alpha"]
     assert manifest["model"]["logit_adjustment"] == report["model"]["logit_adjustment"] == alpha
     assert (f"strength {alpha}." in (bundle / "report.md").read_text()) == (alpha > 0)
-    assert out.stdout.strip().splitlines()[-1].startswith(f"built {Path('build/cpu/bundle')}")
+    built = next(line for line in lines if line.startswith("built "))
+    float_miou = report["comparison"]["float"]["miou"] * 100
+    assert built.startswith(f"built {Path('build/cpu/bundle')}: float mIoU {float_miou:.2f}")
 
 
 def test_build_rerun_reuses_every_stage(cpu_build) -> None:

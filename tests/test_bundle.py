@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from edgeseg.calibration.select import content_hash
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from edgeseg.runtime.manifest import MANIFEST_NAME, portable_path, read_manifest, sha256_file
 
 EDGESEG = str(Path(sys.executable).with_name("edgeseg"))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
@@ -40,7 +41,15 @@ def leftovers(parent: Path) -> list[str]:
     return [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
-def test_manifest_describes_the_bundle(tiny_bundle: Path, tiny_run: Path) -> None:
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_manifest_describes_the_bundle(tiny_bundle: Path, tiny_run: Path, synth_data: Path) -> None:
     manifest = read_manifest(tiny_bundle)
     assert manifest.default == "int8" and set(manifest.artifacts) == {"fp32", "int8"}
     assert manifest.target == "cpu" and manifest.num_classes == 6 and len(manifest.palette) == 6
@@ -56,9 +65,23 @@ def test_manifest_describes_the_bundle(tiny_bundle: Path, tiny_run: Path) -> Non
     assert all(sha256_file(tiny_bundle / f) == digest for f, digest in manifest.files.items())
     cal = manifest.calibration
     assert cal["num_images"] == len(cal["files"]) > 0 and len(cal["sha256"]) == 64
-    assert all((Path(cal["root"]) / f).is_file() for f in cal["files"])
-    # the calibration cache stays in the run, not in what is deployed
-    assert Path(cal["cache"]).is_file() and Path(cal["cache"]).is_relative_to(tiny_run)
+    assert cal["data"] == synth_data.name and all((synth_data / f).is_file() for f in cal["files"])
+    # the calibration cache stays in the run (named relative to it), not in what is deployed
+    assert cal["cache"].startswith("calibration/") and (tiny_run / cal["cache"]).is_file()
+    # portable: no path of this machine (the data and the run lie outside the working folder: names only)
+    assert manifest.model["run"] == tiny_run.name
+    assert not [s for s in _strings(json.loads((tiny_bundle / MANIFEST_NAME).read_text()))
+                if s.startswith("/") or str(tiny_run.parent) in s], "absolute path in the manifest"
+
+
+def test_portable_path_is_relative_inside_the_working_folder_else_a_name(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "work" / "data" / "camvid").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert portable_path(tmp_path / "work" / "data" / "camvid") == "data/camvid"
+    assert portable_path("data/camvid") == "data/camvid"
+    assert portable_path(tmp_path / "elsewhere" / "camvid") == "camvid"
+    assert portable_path("../elsewhere/camvid") == "camvid"
 
 
 def test_info_prints_artifacts_and_classes(tiny_bundle_logits: Path) -> None:
@@ -86,7 +109,9 @@ def test_eval_bundle_matches_the_manifest_evaluation(artifact: str, tiny_bundle_
     proc = cli("eval", tiny_bundle_logits, "--data", synth_data, "--json", out, *args)
     assert proc.returncode == 0, proc.stderr
     evaluation = read_manifest(tiny_bundle_logits).evaluation
-    assert evaluation["data"] == str(synth_data) and evaluation["split"] == "val"
+    assert evaluation["data"] == synth_data.name and evaluation["split"] == "val"
+    val = sorted(p.relative_to(synth_data).as_posix() for p in (synth_data / "val").iterdir())
+    assert evaluation["files"] == val and evaluation["sha256"] == content_hash(synth_data, val)
     assert json.loads(out.read_text()) == evaluation["scores"][artifact]
 
 

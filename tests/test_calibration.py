@@ -77,7 +77,7 @@ def test_choice_is_deterministic_and_rare_classes_come_first(synth_data: Path) -
 
 
 def test_content_hash_follows_bytes_and_order(synth_data: Path, tmp_path: Path) -> None:
-    files = ["train/0000.png", "train/0001.png"]
+    files = ["train/rec0_0000.png", "train/rec0_0001.png"]
     copy = tmp_path / "copy"
     (copy / "train").mkdir(parents=True)
     for f in files:
@@ -116,10 +116,10 @@ def test_bad_calibration_input(synth_data: Path, tmp_path: Path) -> None:
         choose_calibration(spec, MIN_CALIB_IMAGES - 1, spec.classes, SIZE)
     # An unreadable image is named.
     broken = _calib_copy(synth_data, tmp_path / "broken")
-    (broken / "train" / "0005.png").write_bytes(b"not an image")
+    (broken / "train" / "rec0_0005.png").write_bytes(b"not an image")
     with pytest.raises(EdgesegError, match="unreadable image") as exc:
         choose_calibration(open_dataset(broken, "train"), 8, spec.classes, SIZE)
-    assert "train/0005.png" in _one_line(exc)
+    assert "train/rec0_0005.png" in _one_line(exc)
     # Classes that do not match the model's.
     with pytest.raises(EdgesegError, match="do not match") as exc:
         choose_calibration(spec, 8, spec.classes[:-1], SIZE)

@@ -246,3 +246,31 @@ def test_killed_run_leaves_only_whole_pngs(tiny_bundle: Path, video: Path, tmp_p
         frames = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
         assert frames == [f"{i:06d}.png" for i in range(len(frames))]
         assert all(cv2.imread(str(out / name)) is not None for name in frames), "a half-written PNG"
+
+
+def test_shipped_model_on_the_shipped_sample_clip(tmp_path: Path) -> None:
+    """What a newcomer runs first, with no camera and no download: the CamVid bundle on the sample clip."""
+    stats = tmp_path / "stats.json"
+    result = demo("camvid", "--source", "sample", "--sink", "null", "--max-frames", 6, "--threads", 2,
+                  "--stats-json", stats)
+    assert result.returncode == 0, result.stderr
+    match = SUMMARY.match(result.stdout.strip().splitlines()[-1])
+    assert match and match.groups() == ("6", "0", "null")
+    assert json.loads(stats.read_text())["frames_out"] == 6
+    assert "XNNPACK" not in result.stdout + result.stderr  # the interpreter's chatter stays out of sight
+    verbose = subprocess.run([*DEMO[:-1], "--verbose", "demo", "camvid", "--source", "sample", "--sink", "null",
+                              "--max-frames", "2"], capture_output=True, text=True, timeout=60, check=False)
+    assert verbose.returncode == 0 and "XNNPACK" in verbose.stdout + verbose.stderr
+
+
+def test_sample_clip_is_a_few_seconds_of_camvid_frames() -> None:
+    from edgeseg.runtime.sources import open_source, sample_clip
+
+    clip = sample_clip()
+    assert clip.stat().st_size < 1.5 * 2**20
+    source = open_source("sample")
+    try:
+        frames = list(source)
+    finally:
+        source.close()
+    assert len(frames) / source.fps >= 2.5 and frames[0].image.shape == (360, 480, 3)

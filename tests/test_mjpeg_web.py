@@ -269,3 +269,63 @@ def test_web_page_shows_live_stream_stats_and_legend(served: Served, chromium: D
     assert [name for name, _ in second["legend"]] == served.seg.classes
     colours = [f"rgb({r}, {g}, {b})" for _, (r, g, b) in served.seg.legend]
     assert [colour for _, colour in second["legend"]] == colours
+
+
+GEOMETRY = """(() => {
+  const img = document.getElementById("stream");
+  if (!img || img.naturalWidth === 0) return null;
+  const box = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; };
+  const swatch = document.querySelector("#legend .swatch");
+  if (!swatch) return null;
+  return {
+    natural: [img.naturalWidth, img.naturalHeight], img: box(img), view: box(img.parentElement),
+    header: box(document.querySelector("header")), aside: box(document.querySelector("aside")),
+    page: getComputedStyle(document.body).backgroundColor, border: getComputedStyle(swatch).borderTopColor,
+    text: getComputedStyle(swatch.parentElement).color,
+  };
+})()"""
+
+
+def _rgb(css: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in css[css.index("(") + 1:css.index(")")].split(",")[:3])
+
+
+def _contrast(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    """WCAG contrast ratio of two sRGB colours."""
+    def luminance(c: tuple[int, ...]) -> float:
+        lin = [v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4 for v in (x / 255 for x in c)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.parametrize("window", [(1280, 900), (1280, 480), (560, 900)])
+def test_web_page_shows_the_frame_at_its_aspect_ratio_filling_the_space(window: tuple[int, int], served: Served,
+                                                                        chromium: DevTools) -> None:
+    """Measured on a screenshot: the frame keeps its aspect ratio and grows to the space beside (or, on a
+    narrow window, above) the stats, up to the window's height; the legend stands out on the dark page."""
+    width, height = window
+    chromium.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                  mobile=False)
+    chromium.call("Page.navigate", url=f"{served.url}/")
+    wait_for(lambda: chromium.evaluate(GEOMETRY), lambda g: g is not None)
+    time.sleep(1.0)  # the page fits the picture to its first frame within its next poll (every 0.5 s)
+    geo = chromium.evaluate(GEOMETRY)
+    shot = cv2.imdecode(np.frombuffer(base64.b64decode(
+        chromium.call("Page.captureScreenshot", format="png")["data"]), np.uint8), cv2.IMREAD_COLOR)
+    assert shot.shape[:2] == (height, width)
+    # the frame on screen: what differs from the page's background in the video's column, below the header
+    page = np.array(_rgb(geo["page"])[::-1], np.int16)
+    left, top, view_w, view_h = geo["view"]
+    region = shot[int(top):int(top + view_h), int(left):int(left + view_w)].astype(np.int16)
+    rows, cols = np.nonzero(np.abs(region - page).max(axis=2) > 8)
+    shown_w, shown_h = cols.max() - cols.min() + 1, rows.max() - rows.min() + 1
+    natural_w, natural_h = geo["natural"]
+    assert abs((shown_w / shown_h) / (natural_w / natural_h) - 1) < 0.02, (shown_w, shown_h, geo)
+    assert abs(shown_w - geo["img"][2]) <= 2 and abs(shown_h - geo["img"][3]) <= 2, (shown_w, shown_h, geo)
+    # scaled up to the space it has: as wide as the column, or as high as the window allows
+    assert shown_w > 3 * natural_w
+    assert shown_w >= view_w - 2 or shown_h >= view_h - 2, (shown_w, shown_h, geo)
+    assert geo["img"][1] + geo["img"][3] <= height  # no scrolling to see all of it
+    background = _rgb(geo["page"])
+    assert _contrast(_rgb(geo["border"]), background) >= 3 and _contrast(_rgb(geo["text"]), background) >= 7

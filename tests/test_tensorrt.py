@@ -222,7 +222,8 @@ def test_engine_runs_in_another_thread_than_it_was_activated_in(gpu_bundle):
 
 def test_compile_with_calibrator_reads_the_recorded_calibration_set(tmp_path: Path, tiny_run: Path,
                                                                      synth_data: Path) -> None:
-    """`edgeseg compile --calibrator` loads the bundle's calibration images, then needs TensorRT."""
+    """`edgeseg compile --calibrator` loads the bundle's calibration images (recorded by name and hash, found
+    where the bundle names them or under --calib-data, else chosen afresh from --calib-data), then needs TensorRT."""
     import os
     import subprocess
     import sys
@@ -233,10 +234,23 @@ def test_compile_with_calibrator_reads_the_recorded_calibration_set(tmp_path: Pa
     export_bundle(tiny_run, bundle, ExportOptions(num_calib=8), "jetson", log=lambda _: None)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     cmd = [sys.executable, "-m", "edgeseg.cli.app", "compile", str(bundle), "--calibrator", "entropy"]
-    recorded = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    chosen = subprocess.run([*cmd, "--calib-data", str(synth_data)], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=300)
-    for out in (recorded, chosen):  # calibration frames load; what is missing is TensorRT itself
+    recorded = json.loads((bundle / "edgeseg.json").read_text())["calibration"]
+    assert recorded["data"] == synth_data.name  # outside the working folder: its name only
+
+    def run(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess:
+        return subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+    unplaced = run()  # the bundle names "synth"; there is none in the working folder
+    assert unplaced.returncode != 0 and "give --calib-data" in unplaced.stderr.strip().splitlines()[-1]
+    other = shutil.copytree(synth_data, tmp_path / "other")  # lacks the recorded images: a fresh choice
+    for name in recorded["files"]:
+        (other / name).unlink()
+    changed = shutil.copytree(synth_data, tmp_path / "changed")
+    (changed / recorded["files"][0]).write_bytes((changed / recorded["files"][1]).read_bytes())
+    tampered = run("--calib-data", str(changed))
+    assert tampered.returncode != 0 and "sha256 mismatch" in tampered.stderr.strip().splitlines()[-1]
+    for out in (run("--calib-data", str(synth_data)), run(cwd=synth_data.parent), run("--calib-data", str(other))):
+        # calibration frames load; what is missing is TensorRT itself
         assert out.returncode != 0 and "Traceback" not in out.stderr
         assert out.stderr.strip().splitlines()[-1] == (
             "error: TensorRT is not installed (JetPack ships it; elsewhere: pip install tensorrt)")

@@ -9,6 +9,7 @@ from typing import Tuple
 import typer
 
 from .. import __version__
+from ..console import quiet
 from ..runtime.errors import EdgesegError
 from . import commands
 
@@ -29,6 +30,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show TensorFlow's, the converters' and the interpreters' output (by default "
+                                 "kept in a log file beside the run or bundle)."),
 ) -> None:
     """edgeseg: train, quantize, compile and run real-time semantic segmentation at the edge."""
 
@@ -50,32 +54,32 @@ def require_training_python(command: str, version: Tuple[int, int]) -> None:
                            "bundle run")
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with stderr closed: its C++ start-up lines (absl, oneDNN) ignore
-    TF_CPP_MIN_LOG_LEVEL and would turn one-line errors into several lines."""
-    saved = os.dup(2)
+def _import_training_libraries(verbose: bool) -> None:
+    """Import TensorFlow and Keras up front (under `quiet()`, their start-up lines go to the log); without
+    --verbose, Keras' printed messages go to `logging` (and so to the log) too."""
     try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import tensorflow  # noqa: F401
-            except ImportError:
-                pass
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        import keras
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return
+    if not verbose:
+        keras.config.disable_interactive_logging()
 
 
 def main() -> None:
     """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(tensorflow|keras)\.")
-    command = sys.argv[1] if len(sys.argv) > 1 and "--help" not in sys.argv else ""
+    args = sys.argv[1:]
+    command = next((a for a in args if not a.startswith("-")), None)
+    verbose = "--verbose" in args[:args.index(command) if command else len(args)]
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(tensorflow|keras)\.")
     try:
-        require_training_python(command, sys.version_info[:2])
-        if command in TF_COMMANDS:
-            _import_tensorflow_quietly()
-        app()
+        require_training_python(command or "", sys.version_info[:2])
+        with quiet(not verbose):
+            if command in TF_COMMANDS and "--help" not in args:
+                _import_training_libraries(verbose)
+            app()
     except EdgesegError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -34,7 +34,7 @@ def demo(
     source: str = typer.Option(
         "0", "--source", "-s",
         help="Input URI: camera 0 or /dev/video0, csi://0, rtsp://..., http://... (MJPEG), a video file, "
-             "an image folder or glob."),
+             "an image folder or glob, or sample (a CamVid clip shipped in the package)."),
     sink: str = typer.Option(
         "auto", "--sink", "-o",
         help="Output URI: auto (a window where one can be shown, else the web page on 127.0.0.1:8080), "

@@ -35,6 +35,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
 ) -> None:
     """Convert a trained run into a deploy bundle (model files + edgeseg.json), checked and evaluated."""
+    from ..console import keep_log, say
     from ..export import ExportOptions, export_bundle
 
     opts = ExportOptions(precision=precision, output=output, calib_data=calib_data, num_calib=num_calib,
@@ -43,7 +44,9 @@ def export(
                          float_ops=[s for s in float_ops.split(",") if s], force=force, threads=threads,
                          opset=opset, layout=layout, batch=batch, calib_method=calib_method,
                          heldout_run=heldout_run)
-    result = export_bundle(run, out, opts, target, log=typer.echo)
+    if out.parent.is_dir():
+        keep_log(out.parent / f"{out.name}.log")
+    result = export_bundle(run, out, opts, target, log=say)
     for err in result.quant_errors[:8]:
         typer.echo(f"  quant error {err.rmse_over_scale:7.3f} steps RMSE  {err.op:<18} {err.tensor}")
     comparison = result.manifest.evaluation.get("comparison")

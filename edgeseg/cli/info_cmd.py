@@ -35,7 +35,7 @@ def info(
         typer.echo(f"classes ({manifest.num_classes}): {', '.join(manifest.classes)}")
         if manifest.calibration:
             cal = manifest.calibration
-            typer.echo(f"calibration: {cal.get('num_images')} images from {cal.get('root')}, "
+            typer.echo(f"calibration: {cal.get('num_images')} images from {cal.get('data')}, "
                        f"sha256 {str(cal.get('sha256'))[:16]}")
         comparison = manifest.evaluation.get("comparison")
         if comparison:

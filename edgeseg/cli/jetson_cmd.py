@@ -35,7 +35,9 @@ def compile_cmd(
     calibrator: Optional[str] = typer.Option(
         None, "--calibrator", help="TensorRT < 11: entropy | minmax implicit INT8 calibration of the fp32 ONNX."),
     calib_data: Optional[Path] = typer.Option(
-        None, "--calib-data", help="With --calibrator: calibration data (default: the images the bundle records)."),
+        None, "--calib-data",
+        help="With --calibrator: a folder holding the bundle's recorded calibration images (default: the folder "
+             "the bundle names), or data to choose --num-calib images from."),
     num_calib: int = typer.Option(200, "--num-calib", help="With --calib-data: how many images."),
 ) -> None:
     """Build a TensorRT engine on this device and add it to the bundle (the new default artifact)."""
@@ -50,14 +52,15 @@ def compile_cmd(
 
 
 def _calibration_frames(bundle: Path, calib_data: Optional[Path], num_calib: int) -> list:
-    """The same calibration set as the Q/DQ export: the bundle's recorded images, or a fresh choice."""
-    from ..calibration.frames import choose_calibration, frames_from_record
+    """The same calibration set as the Q/DQ export: the bundle's recorded images, found where the bundle
+    records them or under `calib_data`; a fresh choice from `calib_data` when it does not hold them."""
+    from ..calibration.frames import choose_calibration, frames_from_record, holds_record
     from ..data.readers import open_dataset
     from ..runtime.manifest import read_manifest
 
     manifest = read_manifest(bundle)
     spec = manifest.artifact("fp32").input
     size = (spec.height, spec.width)
-    if calib_data is None:
-        return frames_from_record(manifest.calibration, size)
+    if calib_data is None or holds_record(calib_data, manifest.calibration):
+        return frames_from_record(manifest.calibration, size, calib_data)
     return choose_calibration(open_dataset(calib_data, "train"), num_calib, manifest.classes, size)[1]

@@ -55,20 +55,21 @@ def train(
                                                               "noise)."),
 ) -> None:
     """Train a compact FCN; the best epoch by validation mIoU is kept as RUN/model.keras."""
-    from rich.progress import Progress
-
+    from ..console import keep_log, say
     from ..data.groups import parse_groups
     from ..data.pipeline import AUGMENTS
     from ..data.readers import open_dataset
+    from ..progress import stage
     from ..rundir import RunConfig
     from ..runtime.errors import EdgesegError
     from ..train import check_groups, val_overlap_warning
     from ..train import train as run_training
+    from ..train_progress import StepProgress
 
     if resume:
         cfg = RunConfig.load(out)
     else:
-        data = default_data(data, typer.echo)
+        data = default_data(data, say)
         spec = open_dataset(data, "train", data_format)
         cfg = RunConfig(model=model, classes=spec.classes, palette=spec.palette, input_size=parse_size(input_size),
                         data=str(Path(data).resolve()), data_format=spec.format, seed=seed, epochs=epochs,
@@ -93,27 +94,26 @@ def train(
     if warning:
         typer.echo(f"warning: {warning}", err=True)
     out.mkdir(parents=True, exist_ok=True)
-    with Progress(transient=True) as progress:
-        task = progress.add_task("training", total=cfg.epochs)
-
+    keep_log(out / "train.log")
+    with stage(f"training {cfg.model}") as bar:
         def on_epoch(epoch: int, row: dict) -> None:
-            progress.update(task, completed=epoch + 1)
             val = f"  val mIoU {row['val_miou'] * 100:.2f}" if row["val_miou"] != "" else ""
-            progress.console.print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}{val}")
+            say(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}{val}")
 
         result = run_training(cfg, out, resume=resume, skip_bad=skip_bad, strategy=strategy,
-                              backbone_weights=backbone_weights, freeze_backbone=freeze_backbone, on_epoch=on_epoch)
+                              backbone_weights=backbone_weights, freeze_backbone=freeze_backbone, on_epoch=on_epoch,
+                              callbacks=[StepProgress(bar, cfg.epochs)])
     skipped = f", {result.skipped} bad samples skipped" if result.skipped else ""
     adjustment = result.adjustment
     chosen = (f"best val mIoU {result.best_miou * 100:.2f} (epoch {result.best_epoch + 1})" if cfg.selects_on_val
               else f"last epoch kept ({result.best_epoch + 1}, no validation split)")
-    typer.echo(f"trained {cfg.model} for {result.epochs_run} epochs in {result.seconds:.0f}s: {chosen} -> "
-               f"{out / 'model.keras'}{skipped}")
+    say(f"trained {cfg.model} for {result.epochs_run} epochs in {result.seconds:.0f}s: {chosen} -> "
+        f"{out / 'model.keras'}{skipped}")
     if adjustment and adjustment["alpha"]:
         how = "fixed" if adjustment.get("fixed") else "chosen on val"
         change = (f": val mIoU {adjustment['val_miou_trained'] * 100:.2f} -> {adjustment['val_miou'] * 100:.2f}"
                   if adjustment.get("val_miou") is not None else "")
-        typer.echo(f"logit adjustment (strength {adjustment['alpha']}, {how}){change}")
+        say(f"logit adjustment (strength {adjustment['alpha']}, {how}){change}")
     if result.heldout:
-        typer.echo(f"held-out estimate on unseen recordings {', '.join(result.heldout['groups'])}: mIoU "
-                   f"{result.heldout['miou'] * 100:.2f} ({result.heldout['num_images']} frames)")
+        say(f"held-out estimate on unseen recordings {', '.join(result.heldout['groups'])}: mIoU "
+            f"{result.heldout['miou'] * 100:.2f} ({result.heldout['num_images']} frames)")
