@@ -98,7 +98,10 @@ def _calibrated(run_dir: Path, deploy, cfg: RunConfig, opts: ExportOptions, kind
                 log: Progress) -> tuple[CalibrationSet, list[np.ndarray], bytes]:
     """The calibration set, its frames and `compute(frames)` (activation ranges), from the run's cache when
     the same model, `variant` (what else shapes the graph) and images were calibrated before."""
-    spec = open_dataset(opts.calib_data or cfg.data, "train", None if opts.calib_data else cfg.data_format)
+    spec = open_dataset(opts.calib_data or cfg.data, "train", None if opts.calib_data else cfg.data_format,
+                        None if opts.calib_data else cfg.group_pattern)
+    if cfg.holdout_groups and opts.calib_data is None:  # held-out recordings shape nothing, ranges included
+        spec.samples = [s for s in spec.samples if s.group not in cfg.holdout_groups]
     calib, frames = choose_calibration(spec, opts.num_calib, cfg.classes, cfg.input_size)
     log(f"calibration: {len(frames)} images from {calib.root}")
     cache = CalibrationCache(run_dir / "calibration")

@@ -152,6 +152,8 @@ def test_manifest_info_and_report_carry_the_heldout_estimate(heldout_run, tiny_r
     assert heldout["miou"] == heldout["int8"]["miou"] and 0 <= heldout["float"]["miou"] <= 1
     assert set(heldout["int8"]["per_class_iou"]) == set(info["classes"])
     assert "model itself" in heldout["method"]
+    calibration = info["calibration"]["files"]
+    assert calibration and not any("recC" in f for f in calibration)  # held-out frames shape no ranges
     assert info["evaluation"]["overlap_warning"].startswith("val frames come from recordings also in train")
 
     report = write_report(own, threads=1)

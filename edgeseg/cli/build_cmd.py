@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..runtime.errors import EdgesegError
+from ..summary import heldout_line
 from .options import parse_size
 
 
@@ -57,6 +58,8 @@ def summary(bundle: Path, report: dict, synthetic: bool, log: Path) -> list[str]
         miou = "-" if art["miou"] is None else f"{art['miou'] * 100:.2f}"
         lines.append(f"  {name:<10}{art['precision']:<11}{art['bytes'] / 1024:>9.0f}{miou:>8}"
                      f"{art['latency_ms']['p50']:>8}{art['latency_ms']['fps']:>8}")
+    if report.get("heldout"):
+        lines.append(f"  {heldout_line(report['heldout'])}")
     lines.append(f"  per-class IoU: {bundle / 'report.md'}; log: {log}")
     if synthetic:
         lines += ["The built-in synthetic shapes checked the whole path here. Next, the shipped CamVid street-scene",
