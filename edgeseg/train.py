@@ -23,11 +23,10 @@ from .metrics import SegmentationScores
 from .model import build_model
 from .rundir import (
     BEST_MODEL,
-    CHECKPOINTS,
     HISTORY,
-    STATE,
     RunConfig,
     atomic_write_text,
+    checkpoint_path,
     load_keras_model,
     read_state,
     save_atomic,
@@ -147,9 +146,7 @@ def train(
     state = read_state(run_dir) if resume else {}
     if not resume and (run_dir / BEST_MODEL).exists():
         raise EdgesegError(f"{run_dir}: already holds a trained run (use --resume to continue it)")
-    if resume and not state:
-        raise EdgesegError(f"{run_dir}: nothing to resume (no {STATE})")
-    if resume:
+    if resume:  # with no state yet (stopped in the first epoch) the run starts over from its config
         cfg = RunConfig.load(run_dir)
     split_cpu_devices()
     keras.utils.set_random_seed(cfg.seed)
@@ -163,8 +160,8 @@ def train(
     start_epoch = state.get("epoch", -1) + 1
     scope = make_strategy(strategy).scope
     with scope():
-        if resume:
-            model = keras.saving.load_model(run_dir / CHECKPOINTS / f"epoch_{state['epoch']:03d}.keras")
+        if state:
+            model = load_keras_model(checkpoint_path(run_dir, state["epoch"]), compile=True)
         else:
             model = build_model(cfg.model, cfg.num_classes, (None, None), backbone_weights, freeze_backbone)
             if cfg.init_from:
@@ -186,7 +183,7 @@ def train(
             keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
         row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6),
                "val_miou": round(scores.miou, 6), "val_pixel_accuracy": round(scores.pixel_accuracy, 6)}
-        save_atomic(run_dir / CHECKPOINTS / f"epoch_{epoch:03d}.keras", model.save)
+        save_atomic(checkpoint_path(run_dir, epoch), model.save)
         if scores.miou > best:
             best, best_epoch = scores.miou, epoch
             _save_best(run_dir, model, scores)
@@ -232,7 +229,7 @@ def adjust_logits(run_dir: Path, cfg: RunConfig, best_epoch: int, weights: np.nd
     trained model is kept (folding is approximate where the upsampling mixes classes). Returns the record
     kept in the run's state: alpha (0: none helped, model kept as trained) and val mIoU before and after.
     """
-    model = load_keras_model(run_dir / CHECKPOINTS / f"epoch_{best_epoch:03d}.keras")
+    model = load_keras_model(checkpoint_path(run_dir, best_epoch))
     scores = scores_by_alpha(keras_logits_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, weights,
                              cfg.classes)
     trained = scores[0.0]

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..runtime.errors import EdgesegError
+
 
 def bench(
     targets: list[str] = typer.Argument(..., help="Bundles (paths or shipped names like camvid) and run folders."),
@@ -21,8 +23,9 @@ def bench(
 ) -> None:
     """Compare artifacts side by side: format, precision, size, mIoU, latency p50/p90/p99 and FPS."""
     from ..bench import bench as run_bench
-    from ..bench import plot, write_json
+    from ..bench import check_options, plot, write_json
 
+    check_options(threads, warmup, runs, has_data=data is not None, json_out=json_out, plot_out=plot_out)
     pairs = None
     if data is not None:
         from ..data.readers import load_all, open_dataset
@@ -42,9 +45,11 @@ def bench(
                       "-" if r.miou is None else f"{r.miou * 100:.2f}", f"{lat['p50']:.2f}", f"{lat['p90']:.2f}",
                       f"{lat['p99']:.2f}", f"{r.fps:.1f}")
     Console(width=None if Console().is_terminal else 160).print(table)
+    measured = sum(r.skipped is None for r in rows)
+    if not measured:
+        raise EdgesegError(f"benchmarked 0 artifacts: all {len(rows)} skipped ({rows[0].skipped})")
     if json_out:
         write_json(rows, json_out)
     if plot_out:
         plot(rows, plot_out)
-    typer.echo(f"benchmarked {sum(r.skipped is None for r in rows)} artifacts"
-               f" ({sum(r.skipped is not None for r in rows)} skipped)")
+    typer.echo(f"benchmarked {measured} artifacts ({len(rows) - measured} skipped)")

@@ -57,7 +57,7 @@ def demo(
     Stops at the end of the input, after --max-frames, or on Ctrl-C / SIGTERM (the output is finalised).
     """
     _quiet_video_backends()
-    from ..rundir import atomic_write_text
+    from ..rundir import atomic_write_text, check_writable
     from ..runtime.pipeline import Pipeline
     from ..runtime.render import Renderer
     from ..runtime.segmenter import Segmenter
@@ -65,6 +65,8 @@ def demo(
     from ..runtime.sources import open_source
     from ..runtime.stats import Stats
 
+    if stats_json is not None:
+        check_writable(stats_json)
     seg = Segmenter(bundle, artifact=artifact, threads=threads)
     src = open_source(source, width=width, height=height, fps=fps, flip=flip, loop=loop, realtime=realtime)
     stats = Stats()

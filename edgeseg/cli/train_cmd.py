@@ -6,10 +6,11 @@ from typing import Optional
 
 import typer
 
-from .options import default_data, parse_size
+from .options import default_data, given_on_command_line, parse_size
 
 
 def train(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Run folder (model.keras, config.json, history.csv, logs)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: built-in synthetic)."),
     data_format: Optional[str] = typer.Option(None, "--format", help="camvid | pairs | voc (default: detect)."),
@@ -41,22 +42,23 @@ def train(
     from rich.progress import Progress
 
     from ..data.readers import open_dataset
-    from ..rundir import RunConfig
+    from ..rundir import RunConfig, check_resume, check_settings
     from ..train import train as run_training
 
+    settings = {"model": model, "input_size": parse_size(input_size), "seed": seed, "epochs": epochs,
+                "batch_size": batch_size, "learning_rate": learning_rate, "class_weighting": class_weighting,
+                "init_from": str(init_from) if init_from else None, "freeze_encoder_epochs": freeze_encoder_epochs,
+                "labels_fraction": labels_fraction, "logit_adjustment": logit_adjustment}
+    check_settings(settings)
     if resume:
         cfg = RunConfig.load(out)
+        given = {"data": str(Path(data).resolve()) if data else None, "data_format": data_format, **settings}
+        check_resume(out, cfg, {k: v for k, v in given.items() if given_on_command_line(ctx, k)})
     else:
         data = default_data(data, typer.echo)
         spec = open_dataset(data, "train", data_format)
-        cfg = RunConfig(model=model, classes=spec.classes, palette=spec.palette, input_size=parse_size(input_size),
-                        data=str(Path(data).resolve()), data_format=spec.format, seed=seed, epochs=epochs,
-                        batch_size=batch_size,
-                        learning_rate=learning_rate, class_weighting=class_weighting,
-                        init_from=str(init_from) if init_from else None,
-                        freeze_encoder_epochs=freeze_encoder_epochs, labels_fraction=labels_fraction,
-                        logit_adjustment=logit_adjustment)
-    out.mkdir(parents=True, exist_ok=True)
+        cfg = RunConfig(classes=spec.classes, palette=spec.palette, data=str(Path(data).resolve()),
+                        data_format=spec.format, **settings)
     with Progress(transient=True) as progress:
         task = progress.add_task("training", total=cfg.epochs)
 
