@@ -58,7 +58,6 @@ def _stage_train(opts: BuildOptions, data: Path, log: Log) -> Path:
                     data=str(Path(data).resolve()), data_format=spec.format, seed=opts.seed, epochs=opts.epochs,
                     batch_size=opts.batch_size)
     log(f"train: {'resuming' if resume else 'training'} {opts.model} for {opts.epochs} epochs on {data}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     train(cfg, run_dir, resume=resume,
           on_epoch=lambda e, row: log(f"  epoch {e + 1}/{cfg.epochs}: loss {row['loss']:.4f} "
                                       f"val mIoU {row['val_miou'] * 100:.2f}"))

@@ -155,7 +155,8 @@ def train(
     data = TrainingData.load(cfg, skip_bad)
     train_arrays, val_arrays, weights = data.train, data.val, data.weights
     steps = math.ceil(len(train_arrays) / cfg.batch_size)
-    cfg.save(run_dir)
+    if not resume:  # a resumed run keeps its config.json as it is
+        cfg.save(run_dir)
 
     start_epoch = state.get("epoch", -1) + 1
     scope = make_strategy(strategy).scope
