@@ -49,14 +49,7 @@ class RunConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.check("train")
-
-    def check(self, source: str) -> None:
-        """One-line EdgesegError naming `source` and the field if a setting is out of range."""
-        s.validate(asdict(self), config_schema(), source, "run config")
-        if len(self.palette) != len(self.classes):
-            raise EdgesegError(f"{source}: invalid run config: palette has {len(self.palette)} colours for "
-                               f"{len(self.classes)} classes")
+        check_config(asdict(self), "train")
 
     @property
     def num_classes(self) -> int:
@@ -73,10 +66,8 @@ class RunConfig:
         data = read_json(path, "run config")
         if isinstance(data, dict):
             data.setdefault("logit_adjustment", False)  # runs from before the option keep their logits
-        s.validate(data, config_schema(), str(path), "run config")
-        cfg = cls(**{**data, **{k: tuple(data[k]) for k in ("input_size", "mean", "std") if k in data}})
-        cfg.check(str(path))
-        return cfg
+        check_config(data, str(path))
+        return cls(**{**data, **{k: tuple(data[k]) for k in ("input_size", "mean", "std") if k in data}})
 
 
 #: Types and ranges of the run config's fields (fields left out here are only required to be present).
@@ -94,6 +85,14 @@ CONFIG_FIELDS: dict[str, s.Check] = {
 def check_settings(settings: Mapping[str, Any]) -> None:
     """Check training settings (RunConfig fields) before any work: one line naming the bad one."""
     s.validate(dict(settings), s.record(CONFIG_FIELDS, open_ended=True), "train", "setting")
+
+
+def check_config(data: Any, source: str) -> None:
+    """One-line EdgesegError naming `source` and the field if a run config (as JSON) is malformed."""
+    s.validate(data, config_schema(), source, "run config")
+    if len(data["palette"]) != len(data["classes"]):
+        raise EdgesegError(f"{source}: invalid run config: palette has {len(data['palette'])} colours for "
+                           f"{len(data['classes'])} classes")
 
 
 def config_schema() -> s.Check:

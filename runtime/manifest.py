@@ -20,13 +20,13 @@ from . import schema as s
 from .errors import EdgesegError
 
 MANIFEST_NAME = "edgeseg.json"
-#: About when this process started: staging folders without a live owner and older than this are left-overs.
-_STARTED = time.time()
 FORMAT_VERSION = 1
 IGNORE_INDEX = 255
 #: Default normalisation, in pixel units: x_norm = (x - mean) / std, giving [-1, 1].
 DEFAULT_MEAN = (127.5, 127.5, 127.5)
 DEFAULT_STD = (127.5, 127.5, 127.5)
+#: About when this process started: a staging folder older than this, with no PID in its name, is a left-over.
+_STARTED = time.time()
 
 
 @dataclass
@@ -199,12 +199,13 @@ def read_manifest(bundle: str | os.PathLike[str], verify: bool = True) -> Manife
     if not isinstance(data, dict):
         raise EdgesegError(f"{path}: invalid manifest (not a JSON object)")
     manifest = Manifest.from_dict(data, source=str(path))
+    names = list(dict.fromkeys([*manifest.files, *(a.file for a in manifest.artifacts.values())]))
     inside = root.resolve()
-    for name in {*manifest.files, *(a.file for a in manifest.artifacts.values())}:
-        if inside not in (root / name).resolve().parents:
+    for name in names:
+        if inside not in (root / name).resolve().parents:  # e.g. a symlink to elsewhere
             raise EdgesegError(f"{path}: invalid manifest: {name!r} resolves outside the bundle")
     if verify:
-        for name in dict.fromkeys([*manifest.files, *(a.file for a in manifest.artifacts.values())]):
+        for name in names:
             file = root / name
             if not file.is_file():
                 raise EdgesegError(f"{file}: missing from bundle")

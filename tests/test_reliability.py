@@ -285,7 +285,8 @@ CORPUS: list[tuple[str, Make]] = [
     ("config-unknown-field", run_folder("config.json", put("optimiser", "sgd"), "optimiser is not a known")),
     ("config-lr-negative", run_folder("config.json", put("learning_rate", -1), "learning_rate",
                                       command="resume")),
-    ("config-palette", run_folder("config.json", lambda d: d["palette"].pop(), "palette has 5 colours")),
+    ("config-palette", run_folder("config.json", lambda d: d["palette"].pop(), "config.json: invalid run config: "
+                                  "palette has 5 colours")),
     ("config-gone", run_folder("config.json", None, "not a training run", command="resume")),
     ("state-not-json", run_folder("state.json", b"\x00\x01", "state.json: unreadable run state",
                                   command="resume")),
