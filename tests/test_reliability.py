@@ -425,3 +425,18 @@ def test_kill_9_during_export_leaves_no_bundle_and_the_next_export_cleans_up(ws:
     result = edgeseg(capsys, "export", ws.run, "--out", out, "--precision", "fp32")
     assert result.code == 0, result.err
     assert (out / MANIFEST_NAME).is_file() and not list(ws.tmp.glob(".bundle.*"))
+
+
+def test_only_staging_folders_of_dead_exports_are_removed(tmp_path: Path) -> None:
+    from edgeseg.runtime.manifest import staging_dir
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    live, dead = tmp_path / f".b.tmp-{os.getpid()}-x1", tmp_path / f".b.tmp-{finished.stdout.strip()}-x2"
+    old, recent, other = tmp_path / ".b.tmp-abc", tmp_path / ".b.old-xyz", tmp_path / ".c.tmp-1-x"
+    for folder in (live, dead, old, recent, other):
+        folder.mkdir()
+    os.utime(old, (0, 0))  # no PID in the name (an older edgeseg): judged by age
+    staging = staging_dir(tmp_path / "b")
+    assert staging.is_dir() and live.is_dir() and recent.is_dir() and other.is_dir()
+    assert not dead.exists() and not old.exists()
