@@ -1,6 +1,7 @@
 """Does an ONNX graph build in TensorRT as an explicitly quantized (Q/DQ) or float network?
 
-Checked statically, without TensorRT: every op in the ONNX parser's supported list, static shapes
+Checked statically, without TensorRT: a well-formed graph (`onnx.checker` full check with shape
+inference, every tensor produced before it is used), every op in the ONNX parser's supported list, static shapes
 everywhere, and Q/DQ nodes as TensorRT requires them (int8, zero point 0, positive finite constant
 scales, per-channel axes that match the tensor; Conv weights on axis 0, ConvTranspose on axis 1).
 Where Q/DQ sits (which fusions it allows) is `qdq_placement`'s, and only warned about.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from edgeseg.runtime.errors import EdgesegError
@@ -61,7 +63,10 @@ class Violation:
 def check_onnx(model: onnx.ModelProto | str | os.PathLike[str]) -> list[Violation]:
     """Every TensorRT conformance violation in a model (a path or a loaded ModelProto)."""
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+        model = load_onnx(model)
+    broken = check_structure(model)
+    if broken:  # the rules below assume a well-formed graph
+        return broken
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except onnx.shape_inference.InferenceError as exc:
@@ -83,8 +88,45 @@ def bundle_onnx_files(bundle_dir: str | os.PathLike[str]) -> list[str]:
 def check_bundle(bundle_dir: str | os.PathLike[str]) -> list[Violation]:
     """Violations in every ONNX artifact of a bundle, node names prefixed with the file name."""
     root = Path(bundle_dir)
+    files = bundle_onnx_files(root)
+    if not files:
+        manifest = read_manifest(root)
+        raise EdgesegError(f"{root}: no ONNX artifact to check (target {manifest.target}: "
+                           f"{', '.join(sorted({a.file for a in manifest.artifacts.values()}))})")
     return [Violation(f"{name}:{v.node}", v.rule, v.detail)
-            for name in bundle_onnx_files(root) for v in check_onnx(root / name)]
+            for name in files for v in check_onnx(root / name)]
+
+
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """An ONNX file as a ModelProto; a one-line EdgesegError if it cannot be read or decoded."""
+    try:
+        return onnx.load(str(path))
+    except OSError as exc:
+        raise EdgesegError(f"{path}: cannot read ONNX model ({exc.strerror or exc})") from None
+    except DecodeError as exc:
+        raise EdgesegError(f"{path}: not a valid ONNX model (truncated or corrupt: {exc})") from None
+
+
+def check_structure(model: onnx.ModelProto) -> list[Violation]:
+    """A well-formed graph: `onnx.checker`'s full check (with strict shape inference), then every node input
+    and graph output produced by a graph input, an initializer or an earlier node."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return [Violation("<graph>", "onnx-checker", str(exc).strip().splitlines()[0])]
+    return _check_connectivity(model.graph)
+
+
+def _check_connectivity(graph: onnx.GraphProto) -> list[Violation]:
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    found = []
+    for i, node in enumerate(graph.node):
+        found += [Violation(_name(node, i), "disconnected", f"input {name!r} is produced by no earlier node")
+                  for name in node.input if name not in available]
+        available.update(node.output)
+    found += [Violation(out.name, "disconnected", "graph output is produced by no node")
+              for out in graph.output if out.name not in available]
+    return found
 
 
 def ensure_conformant(path: str | os.PathLike[str]) -> None:

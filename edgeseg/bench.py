@@ -11,9 +11,9 @@ from typing import Callable  # subscripted at run time below: typing's works on 
 import numpy as np
 
 from .evaluate import evaluate_arrays
-from .rundir import atomic_write_text, save_atomic
+from .rundir import atomic_write_text, check_writable, save_atomic
 from .runtime.backends.base import load_runner
-from .runtime.errors import EdgesegError
+from .runtime.errors import BackendUnavailable, EdgesegError
 from .runtime.manifest import MANIFEST_NAME, read_manifest, resolve_bundle, shipped_bundles
 from .runtime.stats import time_calls
 
@@ -61,7 +61,7 @@ def _bundle_candidates(bundle: Path, threads: int | None) -> Iterable[Candidate 
     for name, art in manifest.artifacts.items():
         try:
             runner = load_runner(bundle, name, threads).activate()
-        except EdgesegError as exc:
+        except BackendUnavailable as exc:  # a broken artifact is an error, not a skip
             yield BenchRow(f"{bundle.name}:{name}", FORMATS.get(art.backend, art.backend), art.precision,
                            str(bundle / art.file), (bundle / art.file).stat().st_size, skipped=str(exc))
             continue
@@ -94,6 +94,20 @@ def _keras_candidate(run_dir: Path) -> Candidate:
 
     return Candidate(f"{run_dir.name}:keras", "Keras", "fp32", run_dir / "model.keras",
                      keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), timer, cfg.classes)
+
+
+def check_options(threads: int | None, warmup: int, runs: int, has_data: bool, json_out: Path | None,
+                  plot_out: Path | None) -> None:
+    """Everything about a bench's options that can fail, checked before any artifact is loaded."""
+    if threads is not None and threads < 1:
+        raise EdgesegError(f"--threads must be at least 1, got {threads}")
+    if warmup < 0 or runs < 1:
+        raise EdgesegError(f"--warmup must be >= 0 and --runs >= 1, got {warmup} and {runs}")
+    if plot_out is not None and not has_data:
+        raise EdgesegError("--plot shows accuracy against latency: give --data so that accuracy is measured")
+    for path in (json_out, plot_out):
+        if path is not None:
+            check_writable(path)
 
 
 def latency_summary(times: np.ndarray) -> dict[str, float]:

@@ -84,7 +84,8 @@ def _stage_train(opts: BuildOptions, data: Path, log: Log) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     with stage(f"train: {opts.model}") as bar:
         def on_epoch(epoch: int, row: dict) -> None:
-            line = f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, val mIoU {row['val_miou'] * 100:.2f}"
+            val = f", val mIoU {row['val_miou'] * 100:.2f}" if row["val_miou"] != "" else ""
+            line = f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}{val}"
             bar.update(description=f"train: {line}")
             detail(f"  {line}")
 

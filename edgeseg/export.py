@@ -175,6 +175,7 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
     if opts.max_drop is not None and (opts.eval_data is None or opts.precision != "int8"):
         raise EdgesegError("--max-drop compares float and INT8 on evaluation images: give --precision int8 "
                            "and --eval-data")
+    adjustment = _logit_adjustment(run_dir)  # reads (and checks) state.json before the model is loaded
     model, cfg = load_run_model(run_dir)
     deploy = deploy_model(model, cfg.model, cfg.num_classes, cfg.input_size, cfg.mean, cfg.std, opts.output)
     staging = staging_dir(out)
@@ -183,7 +184,7 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
         result = ExportResult(out, Manifest(
             classes=cfg.classes, palette=cfg.palette, artifacts={}, default=opts.precision, target=target,
             model={"name": cfg.model, "params": count_params(deploy), "macs": count_macs(network(deploy)),
-                   "run": portable_path(run_dir), **_logit_adjustment(run_dir)},
+                   "run": portable_path(run_dir), **adjustment},
             versions=tool_versions()))
         pairs, warning = _eval_pairs(cfg, opts, log) if opts.eval_data is not None else (None, None)
         convert(staging, run_dir, deploy, cfg, opts, pairs, result, log)

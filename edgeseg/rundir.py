@@ -4,12 +4,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+import zipfile
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from .runtime import schema as s
 from .runtime.errors import EdgesegError
 from .runtime.manifest import DEFAULT_MEAN, DEFAULT_STD
+
+#: The augmentation recipes a run may name (`edgeseg.data.pipeline.AUGMENTS`, which imports TensorFlow).
+AUGMENT_NAMES = ("standard", "strong")
 
 CONFIG = "config.json"
 BEST_MODEL = "model.keras"
@@ -59,6 +65,9 @@ class RunConfig:
     augment: str = "standard"
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_config(asdict(self), "train")
+
     @property
     def selects_on_val(self) -> bool:
         """Whether a validation split (not among the training splits) picks the epoch and adjustment."""
@@ -76,29 +85,91 @@ class RunConfig:
         path = Path(run_dir) / CONFIG
         if not path.is_file():
             raise EdgesegError(f"{run_dir}: not a training run (no {CONFIG})")
-        try:
-            data = json.loads(path.read_text())
-            data["input_size"] = tuple(data["input_size"])
-            if data.get("crop_size") is not None:
-                data["crop_size"] = tuple(data["crop_size"])
-            data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+        data = read_json(path, "run config")
+        if isinstance(data, dict):
             data.setdefault("logit_adjustment", False)  # runs from before the option keep their logits
-            return cls(**data)
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise EdgesegError(f"{path}: invalid run config ({exc})") from None
+        check_config(data, str(path))
+        sizes = {k: tuple(data[k]) for k in ("input_size", "mean", "std", "crop_size") if data.get(k) is not None}
+        return cls(**{**data, **sizes})
+
+
+#: Types and ranges of the run config's fields (fields left out here are only required to be present).
+CONFIG_FIELDS: dict[str, s.Check] = {
+    "model": s.text(), "classes": s.list_of(s.text(), min_length=1), "palette": s.list_of(s.RGB),
+    "input_size": s.list_of(s.integer(1), length=2), "data": s.text(), "data_format": s.text(),
+    "seed": s.integer(0), "epochs": s.integer(1), "batch_size": s.integer(1),
+    "learning_rate": s.number(above=0), "class_weighting": s.text(),
+    "mean": s.list_of(s.number(), length=3), "std": s.list_of(s.number(above=0), length=3),
+    "init_from": s.optional(s.text()), "freeze_encoder_epochs": s.integer(0),
+    "labels_fraction": s.number(above=0, high=1), "logit_adjustment": s.boolean, "extra": s.dict_of(s.anything),
+    "logit_alpha": s.optional(s.number(0, 1)), "train_splits": s.list_of(s.text(), min_length=1),
+    "val_split": s.optional(s.text()), "holdout_groups": s.list_of(s.text()), "group_pattern": s.optional(s.text()),
+    "crop_size": s.optional(s.list_of(s.integer(1), length=2)), "augment": s.text(*AUGMENT_NAMES),
+}
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Check training settings (RunConfig fields) before any work: one line naming the bad one."""
+    s.validate(dict(settings), s.record(CONFIG_FIELDS, open_ended=True), "train", "setting")
+
+
+def check_config(data: Any, source: str) -> None:
+    """One-line EdgesegError naming `source` and the field if a run config (as JSON) is malformed."""
+    s.validate(data, config_schema(), source, "run config")
+    if len(data["palette"]) != len(data["classes"]):
+        raise EdgesegError(f"{source}: invalid run config: palette has {len(data['palette'])} colours for "
+                           f"{len(data['classes'])} classes")
+
+
+def config_schema() -> s.Check:
+    """`config.json`: every RunConfig field (those without a default required), checked by `CONFIG_FIELDS`."""
+    return s.record({f.name: CONFIG_FIELDS.get(f.name, s.anything) for f in fields(RunConfig)},
+                    required=[f.name for f in fields(RunConfig)
+                              if f.default is MISSING and f.default_factory is MISSING])
+
+
+#: `state.json`: the last finished epoch, the best one, and the logit adjustment once made.
+STATE_SCHEMA = s.record({
+    "epoch": s.integer(0), "best_epoch": s.integer(-1), "best_miou": s.number(),
+    "logit_adjustment": s.record({"alpha": s.number(0), "val_miou_trained": s.optional(s.number()),
+                                  "val_miou": s.optional(s.number())},
+                                 required=("alpha",), open_ended=True),
+}, required=("epoch", "best_epoch", "best_miou"), open_ended=True)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file's content; a one-line EdgesegError naming the file if it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgesegError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def check_resume(run_dir: Path, cfg: RunConfig, given: Mapping[str, Any]) -> None:
+    """Refuse, in one line, settings given with --resume that differ from those the run was started with."""
+    saved = asdict(cfg)
+    for key, value in given.items():
+        if json.loads(json.dumps(value, default=str)) != json.loads(json.dumps(saved[key], default=str)):
+            raise EdgesegError(f"{Path(run_dir) / CONFIG}: --resume continues the run with its {key} "
+                               f"{s.show(saved[key])}, not {s.show(value)} (train into a new --out to change it)")
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write `data` to a temp file beside `path`, then rename it into place: never a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise EdgesegError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise EdgesegError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
     return path
 
@@ -112,16 +183,44 @@ def save_atomic(path: Path, save: Callable[[Path], object]) -> None:
     """`save(tmp)` (a library's writer, e.g. `model.save`) to a hidden name beside `path` that keeps its
     extension, then rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp.{path.name}")
-    save(tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise EdgesegError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail before any work, in one line, if the output file `path` could not be written later (by
+    `write_atomic`/`save_atomic`, which create missing parent folders)."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgesegError(f"{path}: is a folder, not a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EdgesegError(f"{path}: cannot write ({parent} is not a folder)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise EdgesegError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def read_state(run_dir: Path) -> dict:
     """The run's `state.json` (last epoch, best epoch and mIoU, logit adjustment); {} before the first epoch."""
     path = Path(run_dir) / STATE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    state = read_json(path, "run state")
+    s.validate(state, STATE_SCHEMA, str(path), "run state")
+    return state
 
 
 def write_state(run_dir: Path, state: dict) -> None:
@@ -129,13 +228,21 @@ def write_state(run_dir: Path, state: dict) -> None:
     atomic_write_text(Path(run_dir) / STATE, json.dumps(state, indent=2) + "\n")
 
 
-def load_keras_model(path: Path):
-    """Load a `.keras` model with edgeseg's custom layers registered; one-line error if unreadable."""
+def checkpoint_path(run_dir: Path, epoch: int) -> Path:
+    """The checkpoint written after `epoch` (0-based)."""
+    return Path(run_dir) / CHECKPOINTS / f"epoch_{epoch:03d}.keras"
+
+
+def load_keras_model(path: Path, compile: bool = False):
+    """Load a `.keras` model with edgeseg's custom layers registered (and, with `compile`, its optimizer
+    state); one-line error if it is missing or unreadable."""
     import keras
 
     from . import deploy, model  # noqa: F401 - registers custom layers
 
+    if not Path(path).is_file():
+        raise EdgesegError(f"{path}: missing (the run folder is incomplete)")
     try:
-        return keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError) as exc:
+        return keras.saving.load_model(path, compile=compile)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise EdgesegError(f"{path}: cannot load Keras model ({str(exc).splitlines()[0]})") from None

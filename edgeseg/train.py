@@ -33,6 +33,7 @@ from .rundir import (
     STATE,
     RunConfig,
     atomic_write_text,
+    checkpoint_path,
     load_keras_model,
     read_state,
     save_atomic,
@@ -260,9 +261,7 @@ def train(
     state = read_state(run_dir) if resume else {}
     if not resume and (run_dir / BEST_MODEL).exists():
         raise EdgesegError(f"{run_dir}: already holds a trained run (use --resume to continue it)")
-    if resume and not state:
-        raise EdgesegError(f"{run_dir}: nothing to resume (no {STATE})")
-    if resume:
+    if resume:  # with no state yet (stopped in the first epoch) the run starts over from its config
         cfg = RunConfig.load(run_dir)
     split_cpu_devices()
     dist = make_strategy(strategy)  # before any TensorFlow op: MultiWorkerMirroredStrategy has to come first
@@ -274,13 +273,14 @@ def train(
     train_arrays, val_arrays, weights = data.train, data.val, data.weights
     crop = cfg.crop_size or cfg.input_size
     steps = math.ceil(len(train_arrays) / cfg.batch_size)
-    cfg.save(run_dir)
+    if not resume:  # a resumed run keeps its config.json as it is
+        cfg.save(run_dir)
 
     start_epoch = state.get("epoch", -1) + 1
     scope = dist.scope
     with scope():
-        if resume:
-            model = keras.saving.load_model(run_dir / CHECKPOINTS / f"epoch_{state['epoch']:03d}.keras")
+        if state:
+            model = load_keras_model(checkpoint_path(run_dir, state["epoch"]), compile=True)
         else:
             model = build_model(cfg.model, cfg.num_classes, (None, None), backbone_weights, freeze_backbone)
             if cfg.init_from:
@@ -377,7 +377,7 @@ def adjust_logits(run_dir: Path, cfg: RunConfig, best_epoch: int, weights: np.nd
     trained model is kept (folding is approximate where the upsampling mixes classes). Returns the record
     kept in the run's state: alpha (0: none helped, model kept as trained) and val mIoU before and after.
     """
-    model = load_keras_model(run_dir / CHECKPOINTS / f"epoch_{best_epoch:03d}.keras")
+    model = load_keras_model(checkpoint_path(run_dir, best_epoch))
     if cfg.logit_alpha is not None:
         return _fixed_adjustment(run_dir, cfg, model, weights, val_arrays)
     scores = scores_by_alpha(keras_logits_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, weights,

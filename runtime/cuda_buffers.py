@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EdgesegError
+from .errors import BackendUnavailable, EdgesegError
 
 
 @dataclass
@@ -84,7 +84,7 @@ class CudaStream:
 
 
 def _cuda_error(call: str, detail: str) -> EdgesegError:
-    return EdgesegError(f"CUDA is not usable ({call}: {detail}); "
+    return BackendUnavailable(f"CUDA is not usable ({call}: {detail}); "
                         "the TensorRT backend needs an NVIDIA GPU and driver")
 
 
@@ -98,7 +98,7 @@ class _CudaRuntime:
             try:
                 from cuda import cudart  # cuda-python < 12.6
             except ImportError:
-                raise EdgesegError("no CUDA Python bindings: pip install pycuda (or cuda-python)") from None
+                raise BackendUnavailable("no CUDA Python bindings: pip install pycuda (or cuda-python)") from None
         self._rt = cudart
         self._owned: list[tuple[Any, int]] = []  # (free function, pointer)
         self._stream: Any = None  # a cudaStream_t once created

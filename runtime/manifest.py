@@ -5,15 +5,18 @@ reads the manifest; nothing guesses input size, layout, normalisation or classes
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import schema as s
 from .errors import EdgesegError
 
 MANIFEST_NAME = "edgeseg.json"
@@ -22,6 +25,8 @@ IGNORE_INDEX = 255
 #: Default normalisation, in pixel units: x_norm = (x - mean) / std, giving [-1, 1].
 DEFAULT_MEAN = (127.5, 127.5, 127.5)
 DEFAULT_STD = (127.5, 127.5, 127.5)
+#: About when this process started: a staging folder older than this, with no PID in its name, is a left-over.
+_STARTED = time.time()
 
 
 @dataclass
@@ -92,30 +97,63 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_NAME) -> Manifest:
-        try:
-            if data.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"unsupported format_version {data.get('format_version')!r}")
-            artifacts = {
-                name: Artifact(
-                    file=a["file"],
-                    backend=a["backend"],
-                    precision=a["precision"],
-                    input=InputSpec(**{**a["input"], "mean": tuple(a["input"]["mean"]),
-                                       "std": tuple(a["input"]["std"])}),
-                    output=OutputSpec(**a["output"]),
-                    extra=a.get("extra", {}),
-                )
-                for name, a in data["artifacts"].items()
-            }
-            fields = {k: v for k, v in data.items() if k != "artifacts"}
-            manifest = cls(artifacts=artifacts, **fields)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EdgesegError(f"{source}: invalid manifest ({exc})") from None
-        if manifest.default not in manifest.artifacts:
-            raise EdgesegError(f"{source}: invalid manifest (default artifact {manifest.default!r} missing)")
-        if len(manifest.palette) != len(manifest.classes):
-            raise EdgesegError(f"{source}: invalid manifest (palette and classes differ in length)")
-        return manifest
+        """A manifest from its JSON form, checked against `MANIFEST_SCHEMA` (one-line error naming the field)."""
+        if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
+            raise EdgesegError(f"{source}: unsupported manifest format_version {s.show(data.get('format_version'))} "
+                               f"(this edgeseg reads {FORMAT_VERSION})")
+        s.validate(data, MANIFEST_SCHEMA, source, "manifest")
+        if data["default"] not in data["artifacts"]:
+            raise EdgesegError(f"{source}: invalid manifest: default {data['default']!r} is not one of the "
+                               f"artifacts ({', '.join(data['artifacts'])})")
+        if len(data["palette"]) != len(data["classes"]):
+            raise EdgesegError(f"{source}: invalid manifest: palette has {len(data['palette'])} colours for "
+                               f"{len(data['classes'])} classes")
+        artifacts = {
+            name: Artifact(
+                file=a["file"], backend=a["backend"], precision=a["precision"],
+                input=InputSpec(**{**a["input"], **{k: tuple(a["input"][k]) for k in ("mean", "std")
+                                                    if k in a["input"]}}),
+                output=OutputSpec(**a.get("output", {})),
+                extra=a.get("extra", {}),
+            )
+            for name, a in data["artifacts"].items()
+        }
+        return cls(artifacts=artifacts, **{k: v for k, v in data.items() if k != "artifacts"})
+
+
+_INPUT = s.record({
+    "height": s.integer(1), "width": s.integer(1), "layout": s.text("NHWC", "NCHW"),
+    "dtype": s.text("uint8", "float32"), "batch": s.integer(1),
+    "mean": s.list_of(s.number(), length=3), "std": s.list_of(s.number(above=0), length=3),
+    "normalization_folded": s.boolean,
+}, required=("height", "width"))
+_OUTPUT = s.record({
+    "kind": s.text("logits", "labels"), "dtype": s.text("float32", "float16", "int8", "uint8", "int32", "int64"),
+    "layout": s.text("NHWC", "NCHW"),
+})
+_ARTIFACT = s.record({
+    "file": s.relative_file, "backend": s.text(), "precision": s.text("fp32", "fp16", "int8"),
+    "input": _INPUT, "output": _OUTPUT, "extra": s.dict_of(s.anything),
+}, required=("file", "backend", "precision", "input"))
+_SCORES = s.record({"miou": s.number(0, 1)}, open_ended=True)
+#: What `edgeseg.json` may hold: types, ranges, and file names confined to the bundle.
+MANIFEST_SCHEMA = s.record({
+    "format_version": s.integer(FORMAT_VERSION, FORMAT_VERSION),
+    "classes": s.list_of(s.text(), min_length=1),
+    "palette": s.list_of(s.RGB),
+    "artifacts": s.dict_of(_ARTIFACT, min_length=1),
+    "default": s.text(),
+    "target": s.text(),
+    "ignore_index": s.integer(0, 255),
+    "model": s.record({"name": s.text(), "params": s.integer(0), "macs": s.integer(0),
+                       "logit_adjustment": s.number(0)}, open_ended=True),
+    "calibration": s.record({"num_images": s.integer(0)}, open_ended=True),
+    "evaluation": s.record({"comparison": s.record({"float": _SCORES, "int8": _SCORES,
+                                                   "drop_points": s.number()}, open_ended=True)},
+                           open_ended=True),
+    "versions": s.dict_of(s.text()),
+    "files": s.dict_of(s.matching(r"[0-9a-f]{64}", "a sha256 hex digest"), key=s.relative_file),
+}, required=("format_version", "classes", "palette", "artifacts", "default"))
 
 
 def sha256_file(path: Path) -> str:
@@ -161,12 +199,18 @@ def read_manifest(bundle: str | os.PathLike[str], verify: bool = True) -> Manife
     if not isinstance(data, dict):
         raise EdgesegError(f"{path}: invalid manifest (not a JSON object)")
     manifest = Manifest.from_dict(data, source=str(path))
+    names = list(dict.fromkeys([*manifest.files, *(a.file for a in manifest.artifacts.values())]))
+    inside = root.resolve()
+    for name in names:
+        if inside not in (root / name).resolve().parents:  # e.g. a symlink to elsewhere
+            raise EdgesegError(f"{path}: invalid manifest: {name!r} resolves outside the bundle")
     if verify:
-        for name, digest in manifest.files.items():
+        for name in names:
             file = root / name
             if not file.is_file():
                 raise EdgesegError(f"{file}: missing from bundle")
-            if sha256_file(file) != digest:
+            digest = manifest.files.get(name)
+            if digest is not None and sha256_file(file) != digest:
                 raise EdgesegError(f"{file}: checksum mismatch (file changed after the bundle was written)")
     return manifest
 
@@ -195,7 +239,7 @@ def write_bundle(staging: Path, dest: Path, manifest: Manifest, force: bool = Fa
     }
     (staging / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-{os.getpid()}-", dir=dest.parent))
         os.replace(dest, old / dest.name)
         os.replace(staging, dest)
         shutil.rmtree(old, ignore_errors=True)
@@ -208,8 +252,35 @@ def staging_dir(dest: Path) -> Path:
     """A fresh temporary folder beside `dest` (same filesystem, so the final rename is atomic)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    remove_stale_staging(dest)
+    path = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is read by whoever deploys it
     return path
+
+
+def remove_stale_staging(dest: Path) -> list[Path]:
+    """Remove the `.NAME.tmp-PID-*` / `.NAME.old-PID-*` folders beside `dest` that a killed export left:
+    their process is gone (or, without a PID in the name, they are older than this process)."""
+    removed = []
+    for kind in ("tmp", "old"):
+        for path in Path(dest).parent.glob(f".{glob.escape(Path(dest).name)}.{kind}-*"):
+            pid = path.name[len(f".{Path(dest).name}.{kind}-"):].split("-")[0]
+            stale = not _alive(int(pid)) if pid.isdigit() else path.stat().st_mtime < _STARTED
+            if path.is_dir() and stale:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

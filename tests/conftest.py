@@ -19,25 +19,30 @@ def synth_data(tmp_path_factory) -> Path:
     return generate_synthetic(tmp_path_factory.mktemp("data") / "synth", num=96, size=(96, 128), seed=0)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(synth_data, tmp_path_factory) -> Path:
-    """fcn-tiny trained for 8 epochs at 64x96 on `synth_data` (it predicts several classes, val mIoU ~0.2)."""
+def _train(data: Path, run_dir: Path, **settings) -> Path:
+    """fcn-tiny trained on `data` into `run_dir` with these RunConfig `settings`."""
     from edgeseg.data.readers import open_dataset
     from edgeseg.rundir import RunConfig
     from edgeseg.train import train
 
-    spec = open_dataset(synth_data, "train")
-    cfg = RunConfig(model="fcn-tiny", classes=spec.classes, palette=spec.palette, input_size=TINY_SIZE,
-                    data=str(synth_data), data_format=spec.format, epochs=8, batch_size=8, learning_rate=5e-3)
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    spec = open_dataset(data, "train")
+    cfg = RunConfig(model="fcn-tiny", classes=spec.classes, palette=spec.palette, data=str(data),
+                    data_format=spec.format, **settings)
     train(cfg, run_dir)
     return run_dir
 
 
-def _export(run: Path, out: Path, **kwargs) -> Path:
-    from edgeseg.export import ExportOptions, export_cpu
+@pytest.fixture(scope="session")
+def tiny_run(synth_data, tmp_path_factory) -> Path:
+    """fcn-tiny trained for 8 epochs at 64x96 on `synth_data` (it predicts several classes, val mIoU ~0.2)."""
+    return _train(synth_data, tmp_path_factory.mktemp("runs") / "tiny", input_size=TINY_SIZE, epochs=8,
+                  batch_size=8, learning_rate=5e-3)
 
-    export_cpu(run, out, ExportOptions(**kwargs), log=lambda _: None)
+
+def _export(run: Path, out: Path, target: str = "cpu", **kwargs) -> Path:
+    from edgeseg.export import ExportOptions, export_bundle
+
+    export_bundle(run, out, ExportOptions(**kwargs), target, log=lambda _: None)
     return out
 
 
@@ -52,3 +57,30 @@ def tiny_bundle_logits(tiny_run, synth_data, tmp_path_factory) -> Path:
     """INT8 TFLite bundle with int8 logits out, evaluated against fp32 on the synthetic val split."""
     return _export(tiny_run, tmp_path_factory.mktemp("bundles") / "logits", precision="int8", output="logits",
                    eval_data=synth_data)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """16 synthetic images (12 train, 4 val) of 48x64: the cheapest dataset that trains and calibrates."""
+    from edgeseg.data.synth import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("small") / "synth", num=16, size=(48, 64), seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_run(small_data, tmp_path_factory) -> Path:
+    """fcn-tiny trained for one epoch at 32x48 on `small_data` (a complete run folder, not a useful model)."""
+    return _train(small_data, tmp_path_factory.mktemp("small") / "run", input_size=(32, 48), epochs=1,
+                  batch_size=8, logit_adjustment=False)
+
+
+@pytest.fixture(scope="session")
+def small_cpu_bundle(small_run, tmp_path_factory) -> Path:
+    """`small_run` as a --target cpu bundle (TFLite fp32 only: the quickest complete bundle)."""
+    return _export(small_run, tmp_path_factory.mktemp("small") / "bcpu", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def small_jetson_bundle(small_run, tmp_path_factory) -> Path:
+    """`small_run` as a --target jetson bundle: fp32 ONNX and Q/DQ INT8 ONNX (default), 8 calibration images."""
+    return _export(small_run, tmp_path_factory.mktemp("small") / "bjet", "jetson", num_calib=8)

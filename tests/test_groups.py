@@ -80,6 +80,13 @@ def test_groups_from_names_yaml_and_flag(grouped: Path, tmp_path: Path) -> None:
         open_dataset(grouped, "train", group_pattern="(")
 
 
+def test_run_config_names_every_augmentation_recipe() -> None:
+    from edgeseg.data.pipeline import AUGMENTS
+    from edgeseg.rundir import AUGMENT_NAMES
+
+    assert tuple(AUGMENTS) == AUGMENT_NAMES
+
+
 def test_overlap_warning_fires_only_when_recordings_are_shared(grouped: Path, separate: Path) -> None:
     from edgeseg.train import val_overlap_warning
 

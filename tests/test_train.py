@@ -102,7 +102,7 @@ def test_tiny_model_learns_within_a_minute(easy_data: Path, tmp_path: Path) -> N
     # A finished run is not silently overwritten, and a fresh folder has nothing to resume.
     with pytest.raises(EdgesegError, match="--resume"):
         train(cfg, run)
-    with pytest.raises(EdgesegError, match="nothing to resume"):
+    with pytest.raises(EdgesegError, match="not a training run"):
         train(cfg, tmp_path / "empty", resume=True)
 
 

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..runtime.errors import EdgesegError
+
 
 def bench(
     targets: List[str] = typer.Argument(..., help="Bundles (paths or shipped names like camvid) and run folders."),
@@ -21,8 +23,9 @@ def bench(
 ) -> None:
     """Compare artifacts side by side: format, precision, size, mIoU, latency p50/p90/p99 and FPS."""
     from ..bench import bench as run_bench
-    from ..bench import plot, write_json
+    from ..bench import check_options, plot, write_json
 
+    check_options(threads, warmup, runs, has_data=data is not None, json_out=json_out, plot_out=plot_out)
     pairs = None
     if data is not None:
         from ..data.readers import load_all, open_dataset
@@ -47,9 +50,11 @@ def bench(
     Console(width=None if Console().is_terminal else 160).print(table)
     typer.echo("held-out mIoU: recorded in the bundle, measured on recordings its training recipe never saw "
                "(a val split from recordings also in train overstates accuracy on new footage)")
+    measured = sum(r.skipped is None for r in rows)
+    if not measured:
+        raise EdgesegError(f"benchmarked 0 artifacts: all {len(rows)} skipped ({rows[0].skipped})")
     if json_out:
         write_json(rows, json_out)
     if plot_out:
         plot(rows, plot_out)
-    typer.echo(f"benchmarked {sum(r.skipped is None for r in rows)} artifacts"
-               f" ({sum(r.skipped is not None for r in rows)} skipped)")
+    typer.echo(f"benchmarked {measured} artifacts ({len(rows) - measured} skipped)")

@@ -71,6 +71,7 @@ def demo(
     Stops at the end of the input, after --max-frames, or on Ctrl-C / SIGTERM (the output is finalised).
     """
     _quiet_video_backends()
+    from ..rundir import check_writable
     from ..runtime.pipeline import Pipeline
     from ..runtime.render import Renderer
     from ..runtime.segmenter import Segmenter
@@ -79,6 +80,8 @@ def demo(
     from ..runtime.stats import Stats
     from ..runtime.window import display_problem
 
+    if stats_json is not None:
+        check_writable(stats_json)
     seg = Segmenter(bundle, artifact=artifact, threads=threads)
     src = open_source(source, width=width, height=height, fps=fps, flip=flip, loop=loop, realtime=realtime)
     stats = Stats()

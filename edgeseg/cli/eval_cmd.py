@@ -59,8 +59,10 @@ def eval_command(
 
     from ..data.readers import load_sample, open_dataset, validate
     from ..evaluate import evaluate_arrays
-    from ..rundir import atomic_write_text
+    from ..rundir import atomic_write_text, check_writable
 
+    if json_out is not None:
+        check_writable(json_out)
     predict, classes, close = _predictor(model, artifact, threads)
     try:
         spec = open_dataset(data, split, data_format)

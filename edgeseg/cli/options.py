@@ -5,6 +5,8 @@ import re
 from pathlib import Path
 from typing import Optional, Tuple
 
+import typer
+
 from ..runtime.errors import EdgesegError
 
 #: Where the built-in synthetic data is generated when `--data` is left out.
@@ -29,3 +31,8 @@ def default_data(data: Optional[Path], log=print) -> Path:
         log(f"no --data given: generating the built-in synthetic dataset in {DEFAULT_DATA}")
         generate_synthetic(DEFAULT_DATA)
     return DEFAULT_DATA
+
+
+def given_on_command_line(ctx: typer.Context, param: str) -> bool:
+    """Whether the user typed `param` (not left at its default); typer may vendor click, so by name."""
+    return getattr(ctx.get_parameter_source(param), "name", None) == "COMMANDLINE"

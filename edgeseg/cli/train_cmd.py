@@ -6,10 +6,11 @@ from typing import Optional
 
 import typer
 
-from .options import default_data, parse_size
+from .options import default_data, given_on_command_line, parse_size
 
 
 def train(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Run folder (model.keras, config.json, history.csv, logs)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: built-in synthetic)."),
     data_format: Optional[str] = typer.Option(None, "--format", help="camvid | pairs | voc (default: detect)."),
@@ -57,35 +58,31 @@ def train(
     """Train a compact FCN; the best epoch by validation mIoU is kept as RUN/model.keras."""
     from ..console import keep_log, say
     from ..data.groups import parse_groups
-    from ..data.pipeline import AUGMENTS
     from ..data.readers import open_dataset
     from ..progress import stage
-    from ..rundir import RunConfig
-    from ..runtime.errors import EdgesegError
+    from ..rundir import RunConfig, check_resume, check_settings
     from ..train import check_groups, val_overlap_warning
     from ..train import train as run_training
     from ..train_progress import StepProgress
 
+    settings = {"model": model, "input_size": parse_size(input_size), "seed": seed, "epochs": epochs,
+                "batch_size": batch_size, "learning_rate": learning_rate, "class_weighting": class_weighting,
+                "init_from": str(init_from) if init_from else None, "freeze_encoder_epochs": freeze_encoder_epochs,
+                "labels_fraction": labels_fraction, "logit_adjustment": logit_adjustment, "logit_alpha": logit_alpha,
+                "train_splits": parse_groups(train_splits),
+                "val_split": None if val_split.lower() == "none" else val_split,
+                "holdout_groups": parse_groups(holdout_groups), "group_pattern": group_pattern,
+                "crop_size": parse_size(crop_size) if crop_size else None, "augment": augment}
+    check_settings(settings)
     if resume:
         cfg = RunConfig.load(out)
+        given = {"data": str(Path(data).resolve()) if data else None, "data_format": data_format, **settings}
+        check_resume(out, cfg, {k: v for k, v in given.items() if given_on_command_line(ctx, k)})
     else:
         data = default_data(data, say)
         spec = open_dataset(data, "train", data_format)
-        cfg = RunConfig(model=model, classes=spec.classes, palette=spec.palette, input_size=parse_size(input_size),
-                        data=str(Path(data).resolve()), data_format=spec.format, seed=seed, epochs=epochs,
-                        batch_size=batch_size,
-                        learning_rate=learning_rate, class_weighting=class_weighting,
-                        init_from=str(init_from) if init_from else None,
-                        freeze_encoder_epochs=freeze_encoder_epochs, labels_fraction=labels_fraction,
-                        logit_adjustment=logit_adjustment, logit_alpha=logit_alpha,
-                        train_splits=parse_groups(train_splits),
-                        val_split=None if val_split.lower() == "none" else val_split,
-                        holdout_groups=parse_groups(holdout_groups), group_pattern=group_pattern,
-                        crop_size=parse_size(crop_size) if crop_size else None, augment=augment)
-        if augment not in AUGMENTS:
-            raise EdgesegError(f"unknown --augment {augment!r}; choose from {', '.join(AUGMENTS)}")
-        if logit_alpha is not None and not 0 <= logit_alpha <= 1:
-            raise EdgesegError(f"--logit-alpha must be in [0, 1], got {logit_alpha}")
+        cfg = RunConfig(classes=spec.classes, palette=spec.palette, data=str(Path(data).resolve()),
+                        data_format=spec.format, **settings)
     for split, groups in check_groups(cfg).items():
         typer.echo(f"{split}: " + ", ".join(f"{g} ({n})" for g, n in groups.items()))
     if cfg.holdout_groups:
@@ -93,7 +90,6 @@ def train(
     warning = val_overlap_warning(cfg)
     if warning:
         typer.echo(f"warning: {warning}", err=True)
-    out.mkdir(parents=True, exist_ok=True)
     keep_log(out / "train.log")
     with stage(f"training {cfg.model}") as bar:
         def on_epoch(epoch: int, row: dict) -> None:

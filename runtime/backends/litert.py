@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgesegError
+from ..errors import BackendUnavailable, EdgesegError
 from .base import Runner
 
 _INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
@@ -19,7 +19,7 @@ def interpreter_class() -> Any:
             return importlib.import_module(name).Interpreter
         except ImportError:
             continue
-    raise EdgesegError("no TFLite interpreter installed: pip install 'edgeseg[cpu]' (ai-edge-litert)")
+    raise BackendUnavailable("no TFLite interpreter installed: pip install 'edgeseg[cpu]' (ai-edge-litert)")
 
 
 class LiteRTRunner(Runner):

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgesegError
+from ..errors import BackendUnavailable, EdgesegError
 from .base import Runner
 
 
@@ -16,7 +16,7 @@ def ort_session(model: str | os.PathLike[str] | bytes, threads: int | None = Non
     try:
         import onnxruntime as ort
     except ImportError:
-        raise EdgesegError("onnxruntime is not installed: pip install onnxruntime") from None
+        raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

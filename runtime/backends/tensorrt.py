@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..cuda_buffers import CudaStream, HostDeviceBuffer
-from ..errors import EdgesegError
+from ..errors import BackendUnavailable, EdgesegError
 from .base import Runner
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def require_tensorrt() -> str:
         tensorrt = None  # type: ignore[assignment]
     version = getattr(tensorrt, "__version__", None)
     if not isinstance(version, str) or not hasattr(tensorrt, "Builder"):
-        raise EdgesegError("TensorRT is not installed (JetPack ships it; elsewhere: pip install tensorrt)")
+        raise BackendUnavailable("TensorRT is not installed (JetPack ships it; elsewhere: pip install tensorrt)")
     return version
 
 
@@ -77,7 +77,7 @@ def check_engine_target(engine: Path, here: dict[str, str], bundle: Path) -> Non
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EdgesegError(f"{path}: unreadable engine sidecar ({exc})") from None
     if target != here:
-        raise EdgesegError(
+        raise BackendUnavailable(
             f"{engine}: built with TensorRT {target['tensorrt']} for {target['gpu']} "
             f"(sm {target['compute_capability']}), this is TensorRT {here['tensorrt']} on {here['gpu']} "
             f"(sm {here['compute_capability']}): rebuild with `edgeseg compile {bundle}`")
