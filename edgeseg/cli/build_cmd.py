@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -48,7 +48,7 @@ def build(
         say(line)
 
 
-def summary(bundle: Path, report: dict, synthetic: bool, log: Path) -> list[str]:
+def summary(bundle: Path, report: dict, synthetic: bool, log: Path) -> List[str]:
     """The build's closing block: each artifact's size, mIoU and latency, the INT8 drop and what to run next."""
     cmp_ = report["comparison"]
     lines = ["", f"built {bundle}: float mIoU {cmp_['float']['miou'] * 100:.2f}, INT8 {cmp_['int8']['miou'] * 100:.2f} "
