@@ -432,9 +432,9 @@ def _image_paths(uri: str, path: str) -> list[Path] | None:
 def sample_clip() -> Path:
     """The clip shipped in the package (CamVid val frames, 480x360 at 15 FPS; made by
     benchmarks/make_sample_clip.py): something to run the shipped CamVid model on without a camera."""
-    from importlib.resources import files
+    import edgeseg
 
-    path = Path(str(files("edgeseg") / "samples" / "camvid.mp4"))
+    path = Path(edgeseg.__file__).parent / "samples" / "camvid.mp4"
     if not path.is_file():
         raise EdgesegError(f"{path}: the sample clip is missing from this install")
     return path
