@@ -65,12 +65,19 @@ def quiet(enabled: bool = True) -> Iterator[None]:
     log = os.fdopen(handle, "w", buffering=1, encoding="utf-8")
     handler = logging.StreamHandler(log)
     root = logging.getLogger()
+    ours = logging.getLogger("edgeseg")
+    user: Optional[logging.Handler] = None
     try:
         for fd in fds:
             os.dup2(handle, fd)
         sys.stdout, sys.stderr = (os.fdopen(fd, "w", buffering=1, encoding=s.encoding, errors="replace",
                                             closefd=False) for fd, s in zip(saved, streams))
         root.addHandler(handler)
+        # edgeseg's own warnings (a skipped frame, a reconnect) are for the user: on the terminal too
+        user = logging.StreamHandler(sys.stderr)
+        user.setLevel(logging.WARNING)
+        user.setFormatter(logging.Formatter("warning: %(message)s"))
+        ours.addHandler(user)
         logging.captureWarnings(True)
         _log, _keep = log, None
         yield
@@ -78,6 +85,7 @@ def quiet(enabled: bool = True) -> Iterator[None]:
         _log = None
         logging.captureWarnings(False)
         root.removeHandler(handler)
+        ours.removeHandler(user)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         sys.stdout, sys.stderr = streams

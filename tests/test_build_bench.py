@@ -157,8 +157,8 @@ def test_bench_two_bundles_table_json_and_plot(cpu_build, tiny_bundle: Path, tmp
     rows = json.loads((tmp_path / "b.json").read_text())
     assert len(rows) == 5  # two artifacts per bundle and the Keras model
     for row in rows:
-        assert set(row) == {"name", "format", "precision", "file", "bytes", "miou", "per_class_iou", "latency_ms",
-                            "fps", "threads", "skipped"}
+        assert set(row) == {"name", "format", "precision", "file", "bytes", "miou", "heldout_miou", "per_class_iou",
+                            "latency_ms", "fps", "threads", "skipped"}
         assert row["skipped"] is None and 0 <= row["miou"] <= 1 and row["fps"] > 0
         assert set(row["latency_ms"]) == {"p50", "p90", "p99"} and row["latency_ms"]["p50"] > 0
         assert row["name"] in out.stdout

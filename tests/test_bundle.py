@@ -94,7 +94,7 @@ def test_info_prints_artifacts_and_classes(tiny_bundle_logits: Path) -> None:
     assert "input NHWC uint8 64x96" in out and "output logits int8" in out
     assert f"classes (6): {', '.join(manifest.classes)}" in out
     assert f"calibration: {manifest.calibration['num_images']} images" in out
-    assert "accuracy: float mIoU" in out
+    assert f"accuracy on {manifest.evaluation['split']}: float mIoU" in out
 
     proc = cli("info", tiny_bundle_logits, "--json")
     assert proc.returncode == 0

@@ -11,6 +11,7 @@ from edgeseg.converters.onnx import convert_onnx_fp16, export_onnx
 from edgeseg.converters.trt_conformance import check_onnx
 from edgeseg.rundir import write_atomic
 from edgeseg.runtime.backends.onnxrt import ort_session
+from edgeseg.runtime.errors import EdgesegError
 
 SIZE = (64, 96)
 MEAN, STD = (120.0, 110.0, 100.0), (60.0, 62.0, 64.0)
@@ -137,6 +138,6 @@ def test_write_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("os.replace", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(EdgesegError, match=r"model\.onnx: cannot write \(disk full\)"):
         write_atomic(target, b"new")
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
