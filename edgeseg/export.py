@@ -32,7 +32,7 @@ from .rundir import RunConfig, read_state
 from .runtime.backends.base import runner_for
 from .runtime.errors import EdgesegError
 from .runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, portable_path, staging_dir, write_bundle
-from .train import TrainingData, load_run_model, load_split, training_groups
+from .train import load_heldout, load_run_model, load_split, training_groups
 
 Progress = Callable[[str], None]
 TARGETS = {"cpu": tflite.PRECISIONS, "jetson": ("fp32", "int8")}
@@ -100,8 +100,8 @@ def _calibrated(run_dir: Path, deploy, cfg: RunConfig, opts: ExportOptions, kind
     the same model, `variant` (what else shapes the graph) and images were calibrated before."""
     spec = open_dataset(opts.calib_data or cfg.data, "train", None if opts.calib_data else cfg.data_format,
                         None if opts.calib_data else cfg.group_pattern)
-    if cfg.holdout_groups and opts.calib_data is None:  # held-out recordings shape nothing, ranges included
-        spec.samples = [s for s in spec.samples if s.group not in cfg.holdout_groups]
+    if opts.calib_data is None:  # held-out recordings shape nothing, activation ranges included
+        spec = spec.by_groups(cfg.holdout_groups, inside=False)
     calib, frames = choose_calibration(spec, opts.num_calib, cfg.classes, cfg.input_size)
     log(f"calibration: {len(frames)} images from {calib.root}")
     cache = CalibrationCache(run_dir / "calibration")
@@ -177,6 +177,7 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
                            "and --eval-data")
     adjustment = _logit_adjustment(run_dir)  # reads (and checks) state.json before the model is loaded
     model, cfg = load_run_model(run_dir)
+    heldout_source = _heldout_source(run_dir, cfg, opts)
     deploy = deploy_model(model, cfg.model, cfg.num_classes, cfg.input_size, cfg.mean, cfg.std, opts.output)
     staging = staging_dir(out)
     try:
@@ -192,9 +193,9 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
             _record_evaluation(staging, result, pairs, cfg, opts, log)
             if warning:
                 result.manifest.evaluation["overlap_warning"] = warning
-        if opts.heldout_run is not None or cfg.holdout_groups:
+        if heldout_source is not None:
             result.manifest.evaluation["heldout"] = heldout_estimate(
-                staging, result.manifest, run_dir, cfg, opts, target, log)
+                staging, result.manifest, run_dir, heldout_source, opts, target, log)
         write_bundle(staging, out, result.manifest, force=opts.force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -206,20 +207,29 @@ def export_cpu(run_dir: Path, out: Path, opts: ExportOptions, log: Progress = pr
     return export_bundle(run_dir, out, opts, "cpu", log)
 
 
-def heldout_estimate(staging: Path, manifest: Manifest, run_dir: Path, cfg: RunConfig, opts: ExportOptions,
-                     target: str, log: Progress) -> dict:
-    """Accuracy on recordings the model never saw: the artifacts of a run trained with `--holdout-groups`
-    (this run, or `opts.heldout_run` of the same recipe, exported here alike) scored on those groups.
-
-    Returns `{"miou": <the default artifact's>, "method", "groups", "num_images", "run", <artifact>: scores}`.
-    """
-    source = Path(opts.heldout_run) if opts.heldout_run is not None else run_dir
+def _heldout_source(run_dir: Path, cfg: RunConfig, opts: ExportOptions) -> tuple[Path, RunConfig] | None:
+    """The run whose held-out groups give the bundle's estimate (`opts.heldout_run`, else this run when it
+    held groups out), checked before any conversion; None when there is none."""
+    if opts.heldout_run is None:
+        return (run_dir, cfg) if cfg.holdout_groups else None
+    source = Path(opts.heldout_run)
     source_cfg = RunConfig.load(source)
     if not source_cfg.holdout_groups:
         raise EdgesegError(f"{source}: trained without --holdout-groups, so it has no held-out recordings")
     if source_cfg.classes != cfg.classes:
         raise EdgesegError(f"{source}: classes {source_cfg.classes} differ from the exported model's")
-    pairs = TrainingData.load(source_cfg, skip_bad=True).heldout
+    return source, source_cfg
+
+
+def heldout_estimate(staging: Path, manifest: Manifest, run_dir: Path, heldout_source: tuple[Path, RunConfig],
+                     opts: ExportOptions, target: str, log: Progress) -> dict:
+    """Accuracy on recordings the model never saw: the artifacts of a run trained with `--holdout-groups`
+    (this run, or `opts.heldout_run` of the same recipe, exported here alike) scored on those groups.
+
+    Returns `{"miou": <the default artifact's>, "method", "groups", "num_images", "run", <artifact>: scores}`.
+    """
+    source, source_cfg = heldout_source
+    pairs = load_heldout(source_cfg)
     log(f"held-out estimate: {len(pairs)} frames of {', '.join(source_cfg.holdout_groups)} ({source})")
     method = ("holdout-groups: the model itself was trained without these recordings" if source == run_dir else
               "holdout-groups: a run of the same recipe trained without these recordings, exported alike")

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -181,6 +182,12 @@ def val_overlap_warning(cfg: RunConfig) -> str | None:
     return overlap_warning("val", training_groups(cfg), val_groups)
 
 
+def load_heldout(cfg: RunConfig) -> Pairs:
+    """The frames of the run's held-out groups, from every split it reads (bad ones skipped, as in training)."""
+    specs = [_open(cfg, split).by_groups(cfg.holdout_groups, inside=True) for split in _split_names(cfg)]
+    return [pair for spec in specs if spec.samples for pair in load_valid(spec, skip_bad=True)[1]]
+
+
 @dataclass
 class TrainingData:
     """A run's training, validation and held-out arrays, its class weights and how many bad samples were
@@ -309,14 +316,15 @@ def train(
             if scores.miou > best:
                 best, best_epoch = scores.miou, epoch
                 _save_best(run_dir, model, scores)
-        else:  # nothing to select on: the last epoch is the model
+        else:  # nothing to select on: the last epoch is the model (copied after the last epoch)
             best_epoch = epoch
-            save_atomic(run_dir / BEST_MODEL, model.save)
         append_history(run_dir, row)
         write_state(run_dir, {"epoch": epoch, "best_epoch": best_epoch, "best_miou": best, "setup": setup})
         if on_epoch:
             on_epoch(epoch, row)
     state = read_state(run_dir)
+    if not cfg.selects_on_val and state and "logit_adjustment" not in state:
+        save_atomic(run_dir / BEST_MODEL, partial(shutil.copyfile, checkpoint_path(run_dir, state["epoch"])))
     if _adjustment_due(cfg, state):
         state["logit_adjustment"] = adjust_logits(run_dir, cfg, state["best_epoch"], weights, val_arrays)
         write_state(run_dir, state)

@@ -6,8 +6,8 @@ dataset's void value mapped to `IGNORE_INDEX`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,10 @@ class DatasetSpec:
     def groups(self) -> list[str | None]:
         """Each sample's group, in sample order."""
         return [s.group for s in self.samples]
+
+    def by_groups(self, groups: Collection[str], inside: bool) -> DatasetSpec:
+        """This split with only the samples whose group is (`inside`) or is not in `groups`."""
+        return replace(self, samples=[s for s in self.samples if (s.group in groups) == inside])
 
     @property
     def num_classes(self) -> int:
