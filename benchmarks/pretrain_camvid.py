@@ -14,7 +14,8 @@ Usage: python benchmarks/pretrain_camvid.py [--camvid ../shared/datasets/camvid]
 Prints a markdown table and writes `<work>/results.json`. Finished runs in `<work>` are reused, interrupted
 fine-tunings resumed and interrupted pretrainings started again, so the benchmark can be stopped and re-run
 at any time; a work folder refuses settings other than those it was started with. Runs go recipe by
-recipe, seed by seed, so the first recipe's seeds finish first.
+recipe, seed by seed, so the first recipe's seeds finish first. Calls with different `--seeds` may run in
+parallel in one work folder; a last call with every seed (all reused) then writes the whole table.
 
 Defaults, sized for 2 shared CPU cores: pretraining and fine-tuning at 180x240 (half of CamVid's 360x480
 each way, a quarter of the pixels and of the time), batch 8, pretraining for 30 epochs over the 367
@@ -100,7 +101,10 @@ class Bench:
         self.seconds = json.loads(self.seconds_path.read_text()) if self.seconds_path.is_file() else {}
 
     def _timed(self, key: str, cmd: list[str]) -> None:
-        self.seconds[key] = round(self.seconds.get(key, 0.0) + run(cmd), 1)
+        seconds = run(cmd)
+        if self.seconds_path.is_file():  # another call (other seeds, in parallel) may have added runs
+            self.seconds = json.loads(self.seconds_path.read_text())
+        self.seconds[key] = round(self.seconds.get(key, 0.0) + seconds, 1)
         write_json(self.seconds_path, self.seconds)
 
     def pretrain(self, seed: int, recipe: str) -> Path:
