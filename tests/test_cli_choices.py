@@ -97,23 +97,6 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
-    """A tiny dataset and a run folder's config (what the refusals are judged on; nothing is trained)."""
-    from edgeseg.data.readers import open_dataset
-    from edgeseg.data.synth import generate_synthetic
-    from edgeseg.rundir import RunConfig
-
-    root = tmp_path_factory.mktemp("choices")
-    data = generate_synthetic(root / "data", num=4, size=(32, 48), seed=0)
-    spec = open_dataset(data, "train")
-    run = root / "run"
-    run.mkdir()
-    RunConfig(model="fcn-tiny", classes=spec.classes, palette=spec.palette, input_size=(32, 48), data=str(data),
-              data_format=spec.format, epochs=1).save(run)
-    return {"data": data, "run": run}
-
-
-@pytest.fixture(scope="module")
 def bound_s() -> float:
     """`edgeseg --version` (interpreter start, the CLI's imports) plus `MARGIN_S`."""
     times = []
@@ -135,10 +118,10 @@ def test_there_are_enough_cases_across_the_commands() -> None:
 
 
 @pytest.mark.parametrize("args, says", CASES, ids=[" ".join(args) for args, _ in CASES])
-def test_a_bad_option_fails_in_one_line_before_any_work(args: list[str], says: str, inputs: dict[str, Path],
+def test_a_bad_option_fails_in_one_line_before_any_work(args: list[str], says: str, config_only_run: dict[str, Path],
                                                         bound_s: float, tmp_path: Path) -> None:
-    argv = [a.format(tmp=tmp_path, **inputs) for a in args]
-    watched = [tmp_path, *inputs.values()]
+    argv = [a.format(tmp=tmp_path, **config_only_run) for a in args]
+    watched = [tmp_path, *config_only_run.values()]
     before = [snapshot(root) for root in watched]
     start = time.monotonic()
     proc = subprocess.run([EDGESEG, *argv], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)

@@ -8,7 +8,7 @@ import typer
 
 from ..choices import ModelName, OutputKind, Target
 from ..summary import heldout_line
-from .options import Scope, check_scope, check_size, parse_size
+from .options import Scope, check_scope, check_size, model_option, parse_size
 from .training_extra import require_training
 
 #: The training options, which a build that reuses a run (`--run`) does not take.
@@ -24,7 +24,7 @@ def build(
                                         help="Dataset root (default: built-in synthetic)."),
     run: Optional[Path] = typer.Option(None, "--run", exists=True, file_okay=False,
                                        help="Reuse this training run instead of training."),
-    model: ModelName = typer.Option("fcn-tiny", "--model"),
+    model: ModelName = model_option(),
     epochs: int = typer.Option(8, "--epochs"),
     batch_size: int = typer.Option(8, "--batch-size"),
     input_size: str = typer.Option("96x128", "--input-size", callback=check_size),

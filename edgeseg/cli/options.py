@@ -3,14 +3,27 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, get_args
 
 import typer
 
+from ..choices import ModelName
 from ..runtime.errors import EdgesegError
 
 #: Where the built-in synthetic data is generated when `--data` is left out.
 DEFAULT_DATA = Path("data/synth")
+
+
+def listed(choice: Any) -> str:
+    """A choice's values for a help text, where a short metavar stands for them (a long list as the metavar
+    squeezes the help table's option column): `a, b or c`."""
+    values = get_args(choice)
+    return f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+def model_option(purpose: str = "The model") -> Any:
+    """`--model NAME`, default fcn-tiny, as train, pretrain and build take it."""
+    return typer.Option("fcn-tiny", "--model", metavar="NAME", help=f"{purpose}: {listed(ModelName)}.")
 
 
 def parse_size(text: str) -> Tuple[int, int]:

@@ -8,7 +8,7 @@ import typer
 
 from ..choices import ModelName, PretrainLoss
 from ..runtime.errors import EdgesegError
-from .options import check_size, parse_size
+from .options import check_size, model_option, parse_size
 from .training_extra import require_training
 
 DEFAULT_MASK_RATIO = 0.5
@@ -17,7 +17,7 @@ DEFAULT_MASK_RATIO = 0.5
 def pretrain(
     images: str = typer.Option(..., "--images", help="Image folder (recursive), glob, video file or folder of videos."),
     out: Path = typer.Option(..., "--out", help="Run folder (encoder.weights.h5, encoder.json, reconstructions.png)."),
-    model: ModelName = typer.Option("fcn-tiny", "--model", help="Whose encoder to pretrain."),
+    model: ModelName = model_option("Whose encoder to pretrain"),
     epochs: int = typer.Option(10, "--epochs"),
     input_size: str = typer.Option("96x128", "--input-size", callback=check_size,
                                    help="Frames are resized to this HxW."),

@@ -7,7 +7,17 @@ from typing import Optional
 import typer
 
 from ..choices import AugmentName, ClassWeighting, DataFormat, ModelName, Strategy
-from .options import GIVEN, Scope, check_scope, check_size, default_data, given_on_command_line, parse_size
+from .options import (
+    GIVEN,
+    Scope,
+    check_scope,
+    check_size,
+    default_data,
+    given_on_command_line,
+    listed,
+    model_option,
+    parse_size,
+)
 from .training_extra import require_training
 
 #: Options that apply only to some runs (judged on the run's settings, the saved ones with --resume).
@@ -24,22 +34,25 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run folder (model.keras, config.json, history.csv, logs)."),
     data: Optional[Path] = typer.Option(None, "--data", exists=True, file_okay=False,
                                         help="Dataset root (default: built-in synthetic)."),
-    data_format: Optional[DataFormat] = typer.Option(None, "--format", help="Dataset layout (default: detect)."),
-    model: ModelName = typer.Option("fcn-tiny", "--model"),
+    data_format: Optional[DataFormat] = typer.Option(
+        None, "--format", metavar="LAYOUT", help=f"Dataset layout: {listed(DataFormat)} (default: detect)."),
+    model: ModelName = model_option(),
     epochs: int = typer.Option(30, "--epochs"),
     batch_size: int = typer.Option(8, "--batch-size"),
     input_size: str = typer.Option("96x128", "--input-size", callback=check_size,
                                    help="Training crop and model input HxW."),
     learning_rate: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
-    class_weighting: ClassWeighting = typer.Option("median_frequency", "--class-weights"),
+    class_weighting: ClassWeighting = typer.Option("median_frequency", "--class-weights", metavar="METHOD",
+                                                   help=f"{listed(ClassWeighting)}."),
     logit_adjustment: bool = typer.Option(
         True, "--logit-adjustment/--no-logit-adjustment",
         help="After training, take back on val (strength 0-1) the bias towards rare classes that class "
              "weights leave in the logits."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad samples instead of failing."),
-    strategy: Strategy = typer.Option("default", "--strategy", help="multiworker: the machines in TF_CONFIG."),
+    strategy: Strategy = typer.Option("default", "--strategy", metavar="NAME",
+                                      help=f"{listed(Strategy)} (the machines in TF_CONFIG)."),
     backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", exists=True, dir_okay=False,
                                                     help="fcn8s: local VGG16 (no top) weights file."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="fcn8s: keep the encoder fixed."),
@@ -65,7 +78,8 @@ def train(
                                                 help="Fixed logit-adjustment strength 0-1 (no choice on val)."),
     crop_size: Optional[str] = typer.Option(None, "--crop-size", callback=check_size,
                                             help="Training crop HxW (default: input size)."),
-    augment: AugmentName = typer.Option("standard", "--augment", help="strong: scale 0.5-2, exposure, blur, noise."),
+    augment: AugmentName = typer.Option("standard", "--augment", metavar="RECIPE",
+                                        help=f"{listed(AugmentName)} (scale 0.5-2, exposure, blur, noise)."),
 ) -> None:
     """Train a compact FCN; the best epoch by validation mIoU is kept as RUN/model.keras."""
     from dataclasses import asdict
