@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgeseg.choices import CALIB_METHODS
 from edgeseg.runtime.backends.onnxrt import ort_session
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.manifest import IGNORE_INDEX, Artifact, InputSpec
@@ -48,7 +49,6 @@ from .onnx import artifact_from_onnx, get_metadata, save_onnx, set_metadata
 from .qdq_placement import float_nodes, fused_add_inputs, remove_input_qdq, summary
 from .trt_conformance import ensure_conformant
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Add")
 HISTOGRAM_BINS = 2048
 QUANTIZED_BINS = 128  # the positive int8 levels the entropy search maps the histogram onto

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable  # typing's Callable: `Log` is e
 
 import numpy as np
 
+from edgeseg.choices import TRT_CALIBRATORS, TRT_PRECISIONS
 from edgeseg.rundir import write_atomic
 from edgeseg.runtime.backends.tensorrt import (
     device_target,
@@ -46,8 +47,8 @@ from edgeseg.runtime.manifest import (
 if TYPE_CHECKING:
     import tensorrt as trt
 
-PRECISIONS = ("int8", "fp16", "fp32")
-CALIBRATORS = ("entropy", "minmax")
+PRECISIONS = TRT_PRECISIONS
+CALIBRATORS = TRT_CALIBRATORS
 Log = Callable[[str], None]
 
 

@@ -10,7 +10,7 @@ import importlib.metadata
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from .data.groups import overlap_warning
 from .data.readers import open_dataset
 from .deploy import deploy_model
 from .evaluate import evaluate_arrays
+from .export_options import ExportOptions, check_export
 from .metrics import SegmentationScores
 from .model import count_macs, count_params
 from .progress import Tracked, stage
@@ -35,31 +36,6 @@ from .runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, portabl
 from .train import load_heldout, load_run_model, load_split, training_groups
 
 Progress = Callable[[str], None]
-TARGETS = {"cpu": tflite.PRECISIONS, "jetson": ("fp32", "int8")}
-
-
-@dataclass
-class ExportOptions:
-    precision: str = "int8"
-    output: str = "logits"
-    calib_data: Path | None = None
-    num_calib: int = 200
-    eval_data: Path | None = None
-    eval_split: str = "val"
-    max_drop: float | None = None
-    debug_quant: bool = False
-    float_layers: Sequence[str] = ()
-    float_ops: Sequence[str] = ()
-    force: bool = False
-    threads: int | None = None
-    # jetson target
-    opset: int = 17
-    layout: str = "nchw"
-    batch: int = 1
-    calib_method: str | None = None  # None: "auto" with eval data, else "entropy"
-    #: A run of the same recipe trained with `--holdout-groups`: exported alike and scored on its held-out
-    #: groups, as this bundle's estimate of accuracy on new footage (see `heldout_estimate`).
-    heldout_run: Path | None = None
 
 
 @dataclass
@@ -165,16 +141,7 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
                   log: Progress = print) -> ExportResult:
     """Convert a run's best model for `target`, check it, evaluate it and write the bundle atomically."""
     run_dir, out = Path(run_dir), Path(out)
-    if target not in TARGETS:
-        raise EdgesegError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
-    if opts.precision not in TARGETS[target]:
-        raise EdgesegError(f"precision {opts.precision!r} is not offered for --target {target}; "
-                           f"choose from {', '.join(TARGETS[target])}")
-    if out.exists() and not opts.force:
-        raise EdgesegError(f"{out}: already exists (use --force to overwrite)")
-    if opts.max_drop is not None and (opts.eval_data is None or opts.precision != "int8"):
-        raise EdgesegError("--max-drop compares float and INT8 on evaluation images: give --precision int8 "
-                           "and --eval-data")
+    check_export(out, opts, target)
     adjustment = _logit_adjustment(run_dir)  # reads (and checks) state.json before the model is loaded
     model, cfg = load_run_model(run_dir)
     heldout_source = _heldout_source(run_dir, cfg, opts)
@@ -321,8 +288,6 @@ def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: 
     if opts.precision != "int8":
         return
     method = opts.calib_method or ("auto" if pairs is not None else "entropy")
-    if method == "auto" and pairs is None:
-        raise EdgesegError("--calib-method auto scores each method on the evaluation images: give --eval-data")
     # thresholds are keyed by the ONNX graph's tensor names, which layout, opset and batch change, and
     # the percentile method's threshold depends on its percentile
     variant = f"{opts.output}|{opts.layout}|opset{opts.opset}|batch{opts.batch}|p{onnx_qdq.PERCENTILE}"

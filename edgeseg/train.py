@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .choices import STRATEGIES
 from .data.groups import counts, overlap_warning
 from .data.pipeline import AUGMENTS, class_weights, make_dataset
 from .data.readers import DatasetSpec, load_valid, open_dataset
@@ -41,8 +42,6 @@ from .rundir import (
     write_state,
 )
 from .runtime.errors import EdgesegError
-
-STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclass

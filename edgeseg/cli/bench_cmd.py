@@ -1,6 +1,7 @@
 """`edgeseg bench`."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import List, Optional
 
@@ -9,11 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..runtime.errors import EdgesegError
+from .training_extra import missing_module_message, require_training
 
 
 def bench(
     targets: List[str] = typer.Argument(..., help="Bundles (paths or shipped names like camvid) and run folders."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root for mIoU (left out: latency only)."),
+    data: Optional[Path] = typer.Option(None, "--data", exists=True, file_okay=False,
+                                        help="Dataset root for mIoU (left out: latency only)."),
     split: str = typer.Option("val", "--split"),
     threads: int = typer.Option(2, "--threads", help="CPU threads for every CPU backend."),
     warmup: int = typer.Option(20, "--warmup", help="Untimed runs first."),
@@ -24,8 +27,13 @@ def bench(
     """Compare artifacts side by side: format, precision, size, mIoU, latency p50/p90/p99 and FPS."""
     from ..bench import bench as run_bench
     from ..bench import check_options, plot, write_json
+    from ..rundir import is_run_folder
 
     check_options(threads, warmup, runs, has_data=data is not None, json_out=json_out, plot_out=plot_out)
+    if plot_out is not None and importlib.util.find_spec("matplotlib") is None:
+        raise EdgesegError(missing_module_message("bench", "matplotlib"))
+    if any(is_run_folder(Path(t)) for t in targets):
+        require_training("bench")
     pairs = None
     if data is not None:
         from ..data.readers import load_all, open_dataset

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import typer
 
+from ..choices import DemoMode
 from ..runtime.errors import EdgesegError
 
 
@@ -40,7 +41,7 @@ def demo(
         help="Output URI: auto (a window where one can be shown, else the web page on 127.0.0.1:8080), "
              "display://0, out.mp4 / out.avi, dir/ (PNG images), http://HOST:PORT (MJPEG + web page; host "
              "127.0.0.1 unless given; 0.0.0.0 for other machines) or null."),
-    mode: Literal["overlay", "mask", "side"] = typer.Option(
+    mode: DemoMode = typer.Option(
         "overlay", help="overlay: labels blended on the frame; mask: labels only; side: frame and labels."),
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="Weight of the label colours in overlay mode."),
     legend: bool = typer.Option(True, "--legend/--no-legend", help="Draw the class legend."),

@@ -10,9 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..choices import DataFormat
 from ..metrics import SegmentationScores
 from ..runtime.errors import EdgesegError
 from ..runtime.manifest import MANIFEST_NAME
+from .training_extra import require_training
 
 
 def _predictor(model: Path, artifact: Optional[str], threads: Optional[int]
@@ -24,12 +26,16 @@ def _predictor(model: Path, artifact: Optional[str], threads: Optional[int]
         runner = load_runner(model, artifact, threads).activate()
         return runner.predict, runner.manifest.classes, runner.deactivate
     from ..rundir import BEST_MODEL, RunConfig, load_keras_model
-    from ..train import keras_label_fn
 
     run_dir = model if model.is_dir() else model.parent
     if not (run_dir / "config.json").is_file():
         raise EdgesegError(f"{model}: not a bundle, a run folder or a .keras file inside a run folder")
+    if artifact is not None:
+        raise EdgesegError(f"--artifact names a bundle's model file; {model} is a Keras model")
     cfg = RunConfig.load(run_dir)
+    require_training("eval")
+    from ..train import keras_label_fn
+
     keras_model = load_keras_model(model if model.is_file() else run_dir / BEST_MODEL)
     return keras_label_fn(keras_model, cfg.input_size, cfg.mean, cfg.std), cfg.classes, lambda: None
 
@@ -47,11 +53,11 @@ def print_scores(scores: SegmentationScores, title: str) -> None:
 
 def eval_command(
     model: Path = typer.Argument(..., help="Bundle folder or name (e.g. camvid), run folder or .keras file."),
-    data: Path = typer.Option(..., "--data", help="Dataset root."),
+    data: Path = typer.Option(..., "--data", exists=True, file_okay=False, help="Dataset root."),
     split: str = typer.Option("val", "--split"),
-    data_format: Optional[str] = typer.Option(None, "--format", help="camvid | pairs | voc (default: detect)."),
+    data_format: Optional[DataFormat] = typer.Option(None, "--format", help="Dataset layout (default: detect)."),
     artifact: Optional[str] = typer.Option(None, "--artifact", help="Bundle artifact (default: the bundle's)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for bundle backends."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for bundle backends."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write miou, pixel_accuracy, per_class_iou."),
 ) -> None:
     """Mean IoU (ignore label excluded, one confusion matrix over the split), per-class IoU, pixel accuracy."""
