@@ -23,10 +23,11 @@ import onnx
 
 from edgeseg.calibration.frames import frames_from_record
 from edgeseg.converters.onnx import get_metadata, set_metadata
-from edgeseg.converters.onnx_qdq import miou_score_fn, model_batches
+from edgeseg.converters.onnx_qdq import miou_scorer
 from edgeseg.converters.qdq_placement import quantized_inputs, summary
 from edgeseg.data.readers import load_all, open_dataset
 from edgeseg.runtime.manifest import read_manifest
+from edgeseg.runtime.preprocess import model_batches
 
 
 def modelopt_quantize(fp32: Path, out: Path, calib: np.ndarray) -> Path:
@@ -82,8 +83,7 @@ def main() -> None:
         print("\n".join(lines) or "none")
     if args.data is not None:
         pairs = load_all(open_dataset(args.data, args.split))
-        score = miou_score_fn([p[0] for p in pairs], [p[1] for p in pairs], len(manifest.classes),
-                              manifest.ignore_index, threads=args.threads)
+        score = miou_scorer(pairs, manifest.classes, threads=args.threads)
         for name, path in graphs.items():
             print(f"mIoU {name}: {score(path) * 100:.2f} ({len(pairs)} {args.split} images, onnxruntime CPU)")
 

@@ -40,10 +40,10 @@ import numpy as np
 import onnx
 
 from edgeseg.choices import CALIB_METHODS
-from edgeseg.runtime.backends.onnxrt import ort_session
+from edgeseg.runtime.backends.onnxrt import OnnxRuntimeRunner, ort_session
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime.manifest import IGNORE_INDEX, Artifact, InputSpec
-from edgeseg.runtime.preprocess import labels_from_output, resize_labels, to_model_input
+from edgeseg.runtime.manifest import Artifact
+from edgeseg.runtime.preprocess import model_batches
 
 from .onnx import artifact_from_onnx, get_metadata, save_onnx, set_metadata
 from .qdq_placement import float_nodes, fused_add_inputs, remove_input_qdq, summary
@@ -198,27 +198,15 @@ def _quantize(fp32: Path, out: Path, thresholds: dict[str, float], method: str) 
     return out
 
 
-def model_batches(frames: Sequence[np.ndarray], spec: InputSpec) -> Iterator[np.ndarray]:
-    """Frames as the input batches of an artifact (the last batch filled up by cycling from the start)."""
-    for start in range(0, len(frames), spec.batch):
-        group = [frames[(start + i) % len(frames)] for i in range(spec.batch)]
-        yield np.concatenate([to_model_input(frame, spec) for frame in group])
-
-
-def miou_score_fn(frames: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_classes: int,
-                  ignore_index: int = IGNORE_INDEX, threads: int | None = None) -> ScoreFn:
-    """A ScoreFn: mIoU of an edgeseg ONNX model on `frames` (RGB uint8) against `labels` (HxW)."""
-    from edgeseg.metrics import SegmentationScores, confusion_matrix
+def miou_scorer(pairs: Sequence[tuple[np.ndarray, np.ndarray]], classes: Sequence[str],
+                threads: int | None = None) -> ScoreFn:
+    """A ScoreFn: mIoU of an edgeseg ONNX model on (RGB uint8, labels) pairs, run by `OnnxRuntimeRunner`
+    and scored by `evaluate`."""
+    from edgeseg.evaluate import evaluate
 
     def score(path: Path) -> float:
-        artifact = artifact_from_onnx(path, backend="onnxruntime", precision="int8")
-        session = ort_session(path, threads)
-        name = session.get_inputs()[0].name
-        cm = np.zeros((num_classes, num_classes), np.int64)
-        for frame, target in zip(frames, labels):
-            out = session.run(None, {name: next(model_batches([frame], artifact.input))})[0]
-            pred = labels_from_output(out, artifact.output.kind, artifact.output.layout)
-            cm += confusion_matrix(resize_labels(pred, *target.shape[:2]), target, num_classes, ignore_index)
-        return SegmentationScores.from_confusion(cm, [str(c) for c in range(num_classes)], len(frames)).miou
+        spec = artifact_from_onnx(path, backend="onnxruntime", precision="int8").spec
+        with OnnxRuntimeRunner(path, spec, threads) as runner:
+            return evaluate(runner, pairs, classes).miou
 
     return score

@@ -43,6 +43,7 @@ from edgeseg.runtime.manifest import (
     staging_dir,
     write_bundle,
 )
+from edgeseg.runtime.preprocess import model_batches
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -205,8 +206,6 @@ def _calibrator(kind: str, frames: Sequence[np.ndarray], network: trt.INetworkDe
                 cuda: CudaStream, cache: Path) -> trt.IInt8Calibrator:
     """An entropy or minmax INT8 calibrator over `frames`, reading/writing the cache at `cache`."""
     import tensorrt as trt
-
-    from .onnx_qdq import model_batches
 
     shape = dims(network.get_input(0).shape)
     layout = "NCHW" if shape[1] == 3 else "NHWC"

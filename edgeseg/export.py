@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,16 +25,16 @@ from .converters import tflite
 from .data.groups import overlap_warning
 from .data.readers import open_dataset
 from .deploy import deploy_model
-from .evaluate import evaluate_arrays
+from .evaluate import evaluate
 from .export_options import ExportOptions, check_export
 from .metrics import SegmentationScores
 from .model import count_macs, count_params
 from .progress import Tracked, stage
-from .rundir import RunConfig, read_state
+from .rundir import RunConfig, load_run_model, read_state
 from .runtime.backends.base import runner_for
 from .runtime.errors import EdgesegError
 from .runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, portable_path, staging_dir, write_bundle
-from .train import load_heldout, load_run_model, load_split, training_groups
+from .train import load_heldout, load_split, training_groups
 
 Progress = Callable[[str], None]
 
@@ -110,12 +111,13 @@ def _eval_pairs(cfg: RunConfig, opts: ExportOptions, log: Progress
 
 def _evaluate_artifacts(staging: Path, manifest: Manifest, pairs: list[tuple[np.ndarray, np.ndarray]],
                         cfg: RunConfig, opts: ExportOptions, log: Progress) -> dict[str, SegmentationScores]:
-    scores = {}
-    for name, art in manifest.artifacts.items():
-        with runner_for(staging, manifest, art, threads=opts.threads) as runner, \
-                stage(f"eval {name}", total=len(pairs)) as bar:
-            scores[name] = evaluate_arrays(runner.predict, pairs, cfg.classes, progress=bar.advance)
-        log(f"eval {name}: mIoU {scores[name].miou * 100:.2f} on {len(pairs)} images")
+    """Every artifact of a bundle being written, side by side over `pairs` in one pass."""
+    with ExitStack() as active, stage(f"eval {', '.join(manifest.artifacts)}", total=len(pairs)) as bar:
+        runners = {name: active.enter_context(runner_for(staging, art, threads=opts.threads))
+                   for name, art in manifest.artifacts.items()}
+        scores = evaluate(runners, pairs, cfg.classes, progress=bar.advance)
+    for name, score in scores.items():
+        log(f"eval {name}: mIoU {score.miou * 100:.2f} on {len(pairs)} images")
     return scores
 
 
@@ -294,10 +296,7 @@ def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: 
     calib, frames, ranges = _calibrated(
         run_dir, deploy, cfg, opts, "qdq", variant,
         lambda frames: json.dumps(onnx_qdq.calibrate(staging / "model_fp32.onnx", frames)).encode(), result, log)
-    score_fn = None
-    if pairs is not None:
-        score_fn = onnx_qdq.miou_score_fn([p[0] for p in pairs], [p[1] for p in pairs], cfg.num_classes,
-                                          threads=opts.threads)
+    score_fn = None if pairs is None else onnx_qdq.miou_scorer(pairs, cfg.classes, threads=opts.threads)
     log(f"convert: Q/DQ INT8 ONNX (calibration {method})")
     with stage(f"convert: Q/DQ INT8 ONNX (calibration {method})"):
         artifacts["int8"], scores = onnx_qdq.quantize_qdq(

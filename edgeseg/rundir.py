@@ -249,3 +249,9 @@ def load_keras_model(path: Path, compile: bool = False):
         return keras.saving.load_model(path, compile=compile)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise EdgesegError(f"{path}: cannot load Keras model ({str(exc).splitlines()[0]})") from None
+
+
+def load_run_model(run_dir: Path):
+    """A run's best Keras model and its config."""
+    cfg = RunConfig.load(run_dir)
+    return load_keras_model(Path(run_dir) / BEST_MODEL), cfg

@@ -72,7 +72,7 @@ def summary(bundle: Path, report: dict, synthetic: bool, log: Path) -> List[str]
     for name, art in report["artifacts"].items():
         miou = "-" if art["miou"] is None else f"{art['miou'] * 100:.2f}"
         lines.append(f"  {name:<10}{art['precision']:<11}{art['bytes'] / 1024:>9.0f}{miou:>8}"
-                     f"{art['latency_ms']['p50']:>8}{art['latency_ms']['fps']:>8}")
+                     f"{art['latency']['p50_ms']:>8}{art['latency']['fps']:>8}")
     if report.get("heldout"):
         lines.append(f"  {heldout_line(report['heldout'])}")
     lines.append(f"  per-class IoU: {bundle / 'report.md'}; log: {log}")
