@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+from edgeseg.console import quiet
 from edgeseg.export import heldout_estimate
 from edgeseg.export_options import ExportOptions
 from edgeseg.rundir import RunConfig
@@ -37,8 +38,9 @@ def main() -> None:
     default = manifest.artifacts[manifest.default]
     opts = ExportOptions(precision=default.precision, output=default.output.kind,
                          num_calib=manifest.calibration.get("num_images", 200), force=True)
-    record = heldout_estimate(args.bundle, manifest, args.bundle, (args.heldout_run, cfg), opts, manifest.target,
-                              print)
+    with quiet():
+        record = heldout_estimate(args.bundle, manifest, args.bundle, (args.heldout_run, cfg), opts,
+                                  manifest.target, print)
     manifest.evaluation["heldout"] = record
     staging = staging_dir(args.bundle)
     try:
