@@ -27,6 +27,7 @@ from edgeseg.converters.onnx import get_metadata, set_metadata
 from edgeseg.converters.onnx_qdq import miou_score_fn, model_batches
 from edgeseg.converters.qdq_placement import quantized_inputs, summary
 from edgeseg.data.readers import load_all, open_dataset
+from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.manifest import read_manifest
 
 
@@ -94,4 +95,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EdgesegError as exc:  # e.g. the calibration images are not where the bundle recorded them
+        raise SystemExit(f"error: {exc}") from None
