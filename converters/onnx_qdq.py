@@ -11,8 +11,8 @@ shares one Q/DQ pair per tensor. Its options are set to TensorRT's placement rul
 * each skip Add has only its residual input quantized: the input produced by a convolution's fused
   epilogue stays float, so TensorRT fuses the Add into that convolution (`qdq_placement`, which follows
   the TensorRT guide and NVIDIA Model Optimizer and cites both);
-* the output layer (fcn-*'s full-resolution ConvTranspose) and convs without a trusted int8 kernel stay
-  float, as Model Optimizer leaves them;
+* the node writing the graph output, unless it is a Conv (fcn-*'s full-resolution ConvTranspose where
+  no crop follows it), and convs without a trusted int8 kernel stay float, as Model Optimizer leaves them;
 * Adds with a constant operand (the folded input normalisation) stay float: the first Q then sees
   normalised values, not 0..255 pixels crushed by a symmetric scale onto 0..127;
 * bias stays float (`QuantizeBias` off: an int32 DequantizeLinear is outside TensorRT's op support);
@@ -54,6 +54,8 @@ HISTOGRAM_BINS = 2048
 QUANTIZED_BINS = 128  # the positive int8 levels the entropy search maps the histogram onto
 ENTROPY_STEP = 8  # candidate thresholds every 8 bins (0.4% of the tensor's max)
 PERCENTILE = 99.99  # the default of NVIDIA Model Optimizer's histogram calibrator
+#: Which tensors `calibrate` covers; part of the cache key (2: every input of QUANTIZED_OPS, placement aside).
+RANGES_VERSION = 2
 #: Scores one Q/DQ ONNX file (higher is better), e.g. its mIoU on held-out frames.
 ScoreFn = Callable[[Path], float]
 
@@ -125,10 +127,10 @@ def calibrate(fp32: Path, frames: Sequence[np.ndarray]) -> dict[str, dict[str, f
 
 
 def _activations(graph: onnx.GraphProto) -> list[str]:
-    """The tensors quantize_static quantizes as activations: non-constant inputs of quantized ops."""
+    """Every tensor quantize_static may quantize as an activation: the non-constant inputs of the quantized
+    op types, those the placement rules keep float included, so cached ranges outlive a change of rules."""
     consts = {init.name for init in graph.initializer}
-    excluded = set(float_nodes(graph))
-    names = {name for node in graph.node if node.op_type in QUANTIZED_OPS and node.name not in excluded
+    names = {name for node in graph.node if node.op_type in QUANTIZED_OPS
              for name in node.input if name and name not in consts}
     return sorted(names)
 

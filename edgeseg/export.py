@@ -290,9 +290,10 @@ def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: 
     if opts.precision != "int8":
         return
     method = opts.calib_method or ("auto" if pairs is not None else "entropy")
-    # thresholds are keyed by the ONNX graph's tensor names, which layout, opset and batch change, and
-    # the percentile method's threshold depends on its percentile
-    variant = f"{opts.output}|{opts.layout}|opset{opts.opset}|batch{opts.batch}|p{onnx_qdq.PERCENTILE}"
+    # thresholds are keyed by the ONNX graph's tensor names, which layout, opset and batch change, the
+    # percentile method's threshold depends on its percentile, and which tensors are covered on the version
+    variant = (f"{opts.output}|{opts.layout}|opset{opts.opset}|batch{opts.batch}|p{onnx_qdq.PERCENTILE}"
+               f"|v{onnx_qdq.RANGES_VERSION}")
     calib, frames, ranges = _calibrated(
         run_dir, deploy, cfg, opts, "qdq", variant,
         lambda frames: json.dumps(onnx_qdq.calibrate(staging / "model_fp32.onnx", frames)).encode(), result, log)
