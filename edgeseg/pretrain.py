@@ -5,9 +5,13 @@ four stride-2 `Conv2DTranspose` + BN + ReLU layers with the encoder's widths in 
 stride-2 `Conv2DTranspose` to RGB at the input size. No skip connections and no dense layers: the
 reconstruction passes through the stride-32 features. The input is corrupted so that the task is more
 than identity: random `MASK_BLOCK` x `MASK_BLOCK` blocks set to the mean colour (`mask_ratio`) and/or
-Gaussian noise (`noise`, its std in [0, 1] pixel units); the L1 or L2 loss covers every pixel of the
-clean frame. Frames are flipped at random. Shuffling, flips and corruption are seeded per
-(seed, epoch, frame), so a run is reproducible.
+Gaussian noise (`noise`, its std in [0, 1] pixel units). The L1 or L2 loss covers every pixel of the
+clean frame, or with `masked_loss` only the masked blocks (inpainting: nothing is gained by copying the
+visible pixels through). With `whiten_colour` the targets are the frames' colours whitened (PCA over
+their pixels), so that colour errors weigh as much as brightness errors: with plain RGB targets the
+reconstructions come out nearly grey. Frames are flipped at random. Shuffling, flips and corruption are
+seeded per (seed, epoch, frame) and TensorFlow's ops are made deterministic, so the same run on the same
+machine gives the same weights bit for bit.
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ RECONSTRUCTIONS = "reconstructions.png"
 PREVIEW_FRAMES = 8
 #: The preview frames are corrupted with this epoch's key: the same corruption after every epoch.
 PREVIEW_EPOCH = -1
+#: About this many pixels, evenly spaced over the frames, estimate the colour whitening.
+WHITENING_PIXELS = 200_000
 
 
 @dataclass
@@ -52,6 +58,8 @@ class PretrainConfig:
     loss: str = "l2"
     mask_ratio: float = 0.5
     noise: float = 0.0
+    masked_loss: bool = False
+    whiten_colour: bool = False
     seed: int = 0
     mean: tuple[float, ...] = DEFAULT_MEAN
     std: tuple[float, ...] = DEFAULT_STD
@@ -62,6 +70,7 @@ class PretrainConfig:
             (self.loss not in LOSSES, f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}"),
             (not 0 <= self.mask_ratio < 1, f"mask ratio must be in [0, 1), got {self.mask_ratio}"),
             (self.noise < 0, f"noise must be >= 0, got {self.noise}"),
+            (self.masked_loss and self.mask_ratio == 0, "a loss on the masked blocks needs a mask ratio above 0"),
             (self.epochs < 1 or self.batch_size < 1, "epochs and batch size must be at least 1"),
         ]
         for bad, message in problems:
@@ -101,19 +110,38 @@ def build_autoencoder(name: str, input_size: tuple[int, int]) -> tuple[keras.Mod
     return keras.Model(encoder.input, x, name=f"{name.replace('-', '_')}_autoencoder"), encoder
 
 
-def corrupt(x: tf.Tensor, seed: tf.Tensor, cfg: PretrainConfig) -> tf.Tensor:
-    """A normalised H x W x 3 image with random blocks set to 0 (the mean colour) and/or noise added."""
+def corrupt(x: tf.Tensor, seed: tf.Tensor, cfg: PretrainConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """A normalised H x W x 3 image with random blocks set to 0 (the mean colour) and/or noise added, and
+    the H x W mask of the pixels left visible (1) and masked (0)."""
     mask_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     height, width = cfg.input_size
+    keep = tf.ones(cfg.input_size, tf.float32)
     if cfg.mask_ratio > 0:
         grid = (math.ceil(height / MASK_BLOCK), math.ceil(width / MASK_BLOCK))
-        keep = tf.cast(tf.random.stateless_uniform(grid, mask_seed) >= cfg.mask_ratio, tf.float32)
-        keep = tf.repeat(tf.repeat(keep, MASK_BLOCK, axis=0), MASK_BLOCK, axis=1)
-        x = x * keep[:height, :width, None]
+        blocks = tf.cast(tf.random.stateless_uniform(grid, mask_seed) >= cfg.mask_ratio, tf.float32)
+        keep = tf.repeat(tf.repeat(blocks, MASK_BLOCK, axis=0), MASK_BLOCK, axis=1)[:height, :width]
+        x = x * keep[..., None]
     if cfg.noise > 0:
         scale = cfg.noise * 255.0 / tf.constant(cfg.std, tf.float32)
         x = x + tf.random.stateless_normal(tf.shape(x), noise_seed) * scale
-    return x
+    return x, keep
+
+
+def colour_whitening(frames: np.ndarray, cfg: PretrainConfig) -> np.ndarray:
+    """The 3 x 3 matrix taking normalised RGB pixels to uncorrelated unit-variance colour components (PCA
+    whitening over the frames' pixels); the identity without `cfg.whiten_colour`."""
+    if not cfg.whiten_colour:
+        return np.eye(3, dtype=np.float32)
+    pixels = frames.reshape(-1, 3)
+    pixels = pixels[::max(1, len(pixels) // WHITENING_PIXELS)]
+    normalised = (pixels - np.asarray(cfg.mean)) / np.asarray(cfg.std)
+    variances, axes = np.linalg.eigh(np.cov(normalised, rowvar=False))
+    return (axes / np.sqrt(np.maximum(variances, 1e-6))).T.astype(np.float32)
+
+
+def _colours(x: tf.Tensor, matrix: np.ndarray) -> tf.Tensor:
+    """Pixels (... x 3) mapped through a 3 x 3 colour matrix."""
+    return tf.linalg.matvec(tf.constant(matrix), x)
 
 
 def _frame_seed(cfg: PretrainConfig, epoch: int, index: tf.Tensor) -> tf.Tensor:
@@ -124,19 +152,24 @@ def _normalize(frames: tf.Tensor, cfg: PretrainConfig) -> tf.Tensor:
     return (tf.cast(frames, tf.float32) - tf.constant(cfg.mean, tf.float32)) / tf.constant(cfg.std, tf.float32)
 
 
-def make_pretrain_dataset(frames: np.ndarray, cfg: PretrainConfig, epoch: int) -> tf.data.Dataset:
-    """One epoch of (corrupted input, clean target) normalised batches; the same (seed, epoch), the same batches."""
+def make_pretrain_dataset(frames: np.ndarray, cfg: PretrainConfig, epoch: int,
+                          whitening: np.ndarray) -> tf.data.Dataset:
+    """One epoch of (corrupted input, clean target) batches, with the masked pixels as per-pixel loss weights
+    under `masked_loss`. Inputs are normalised, targets normalised and mapped through `whitening`. The same
+    (seed, epoch), the same batches."""
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(frames))
 
     def generate():
         for i in order:
             yield frames[i], i
 
-    def prepare(frame: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def prepare(frame: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, ...]:
         flip_seed, corrupt_seed = tf.unstack(tf.random.experimental.stateless_split(_frame_seed(cfg, epoch, index), 2))
         x = _normalize(frame, cfg)
         x = tf.cond(tf.random.stateless_uniform([], flip_seed) < 0.5, lambda: x[:, ::-1], lambda: x)
-        return corrupt(x, corrupt_seed, cfg), x
+        corrupted, keep = corrupt(x, corrupt_seed, cfg)
+        target = _colours(x, whitening)
+        return (corrupted, target, 1.0 - keep) if cfg.masked_loss else (corrupted, target)
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=(
         tf.TensorSpec([*cfg.input_size, 3], tf.uint8), tf.TensorSpec([], tf.int64)))
@@ -149,7 +182,7 @@ def _preview_batch(frames: np.ndarray, cfg: PretrainConfig) -> tuple[tf.Tensor, 
     """Clean and corrupted versions of up to `PREVIEW_FRAMES` frames spread over the set (fixed corruption)."""
     picks = np.unique(np.linspace(0, len(frames) - 1, min(PREVIEW_FRAMES, len(frames))).round().astype(int))
     clean = _normalize(frames[picks], cfg)
-    inputs = [corrupt(x, _frame_seed(cfg, PREVIEW_EPOCH, int(i)), cfg) for x, i in zip(clean, picks)]
+    inputs = [corrupt(x, _frame_seed(cfg, PREVIEW_EPOCH, int(i)), cfg)[0] for x, i in zip(clean, picks)]
     return clean, tf.stack(inputs)
 
 
@@ -199,14 +232,20 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, frames: np.ndarray,
     model.compile(optimizer=cosine_adam(cfg.learning_rate, cfg.epochs * steps), loss=LOSSES[cfg.loss])
     clean, inputs = _preview_batch(frames, cfg)
     scale = np.asarray(cfg.std, np.float32)
+    whitening = colour_whitening(frames, cfg)
+    unwhitening = np.linalg.inv(whitening)
+
+    def reconstruct() -> np.ndarray:
+        return _colours(model(inputs, training=False), unwhitening).numpy()
 
     def preview_error() -> float:
-        return float(np.mean(np.abs(model(inputs, training=False).numpy() - clean.numpy()) * scale))
+        return float(np.mean(np.abs(reconstruct() - clean.numpy()) * scale))
 
     initial = error = preview_error()
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
-        fit = model.fit(make_pretrain_dataset(frames, cfg, epoch), initial_epoch=epoch, epochs=epoch + 1, verbose=0)
+        batches = make_pretrain_dataset(frames, cfg, epoch, whitening)
+        fit = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
         error = preview_error()
         row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6), "preview_error": round(error, 4)}
         append_history(run_dir, row)
@@ -215,7 +254,7 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, frames: np.ndarray,
     seconds = time.perf_counter() - started
     save_reconstruction_grid(run_dir / RECONSTRUCTIONS, {
         "original": _to_rgb(clean.numpy(), cfg), "input": _to_rgb(inputs.numpy(), cfg),
-        "reconstruction": _to_rgb(model(inputs, training=False).numpy(), cfg)})
+        "reconstruction": _to_rgb(reconstruct(), cfg)})
     save_encoder(encoder, run_dir, {**asdict(cfg), "frames": len(frames), "seconds": round(seconds, 1),
                                     "reconstruction_error": {"initial": round(initial, 4), "final": round(error, 4)}})
     return PretrainResult(run_dir, len(frames), cfg.epochs, initial, error, seconds)

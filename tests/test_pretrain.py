@@ -1,5 +1,6 @@
 """Autoencoder pretraining: reconstruction improves, encoder transfer by layer name, freezing and resume,
-mismatched encoders refused, frames sampled from videos and folders, a seeded fraction of the labels."""
+mismatched encoders refused, frames sampled from videos and folders, a seeded fraction of the labels,
+inpainting targets (masked-block loss, whitened colours), the same seed giving the same weights bit for bit."""
 from __future__ import annotations
 
 import csv
@@ -21,7 +22,15 @@ from edgeseg.data.readers import open_dataset
 from edgeseg.data.synth import generate_synthetic
 from edgeseg.encoder import ENCODER_INFO, ENCODER_WEIGHTS, encoder_layer_names, init_encoder, layer_shapes
 from edgeseg.model import MODEL_NAMES, build_encoder, build_model
-from edgeseg.pretrain import RECONSTRUCTIONS, PretrainConfig, PretrainResult, build_autoencoder, pretrain
+from edgeseg.pretrain import (
+    RECONSTRUCTIONS,
+    PretrainConfig,
+    PretrainResult,
+    build_autoencoder,
+    colour_whitening,
+    make_pretrain_dataset,
+    pretrain,
+)
 from edgeseg.rundir import CHECKPOINTS, HISTORY, RunConfig
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.train import labeled_subset, train
@@ -168,10 +177,13 @@ def test_cli_pretrains_on_sampled_video_frames_and_train_refuses_a_mismatched_en
     video = write_video(tmp_path / "clip.mp4", 10)
     run = tmp_path / "small"
     proc = subprocess.run([EDGESEG, "pretrain", "--images", str(video), "--out", str(run), "--model", "fcn-small",
-                           "--epochs", "1", "--input-size", "32x32", "--every", "3", "--batch-size", "4"],
+                           "--epochs", "1", "--input-size", "32x32", "--every", "3", "--batch-size", "4",
+                           "--mask-ratio", "0.75", "--masked-loss", "--whiten-colour"],
                           check=False, env=ENV, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "on 4 frames for 1 epochs" in proc.stdout  # frames 0, 3, 6 and 9
+    info = json.loads((run / ENCODER_INFO).read_text())
+    assert (info["mask_ratio"], info["masked_loss"], info["whiten_colour"]) == (0.75, True, True)
     assert (run / ENCODER_WEIGHTS).is_file() and (run / RECONSTRUCTIONS).is_file() and len(_rows(run)) == 1
     proc = subprocess.run([EDGESEG, "train", "--data", str(synth_data), "--out", str(tmp_path / "tiny"), "--model",
                            "fcn-tiny", "--init-from", str(run), "--epochs", "1", "--input-size", "32x32"],
@@ -212,3 +224,48 @@ def test_labels_fraction_is_a_seeded_subset() -> None:
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(EdgesegError, match="labels fraction"):
             labeled_subset(items, bad, seed=0)
+
+
+def test_masked_loss_weights_the_masked_blocks_and_targets_are_whitened_colours(synth_data: Path) -> None:
+    cfg = PretrainConfig(images=str(synth_data / "train"), input_size=(64, 96), batch_size=6, mask_ratio=0.75,
+                         masked_loss=True, whiten_colour=True)
+    frames = sample_frames(cfg.images, 1, cfg.input_size)
+    whitening = colour_whitening(frames, cfg)
+    pixels = ((frames.reshape(-1, 3) - np.asarray(cfg.mean)) / np.asarray(cfg.std)) @ whitening.T
+    np.testing.assert_allclose(np.cov(pixels, rowvar=False), np.eye(3), atol=0.02)  # uncorrelated, unit variance
+    inputs, targets, weights = (t.numpy() for t in next(iter(make_pretrain_dataset(frames, cfg, 0, whitening))))
+    masked = np.all(inputs == 0, axis=-1)
+    np.testing.assert_array_equal(weights, masked.astype(np.float32))  # the loss sees the masked blocks only
+    assert 0.6 < weights.mean() < 0.9
+    visible = ~masked
+    np.testing.assert_allclose((targets @ np.linalg.inv(whitening).T)[visible], inputs[visible], atol=1e-4)
+    assert np.array_equal(colour_whitening(frames, PretrainConfig(images="x")), np.eye(3))
+    with pytest.raises(EdgesegError, match="needs a mask ratio above 0"):
+        PretrainConfig(images="x", mask_ratio=0.0, noise=0.1, masked_loss=True).check()
+
+
+def test_the_same_seed_pretrains_and_fine_tunes_to_the_same_weights_bit_for_bit(synth_data: Path,
+                                                                               tmp_path: Path) -> None:
+    """Pretraining (inpainting recipe) and fine-tuning twice with one seed: identical weights and optimizer state."""
+    frames = sample_frames(str(synth_data / "train"), 3, (32, 48))
+    spec = open_dataset(synth_data, "train")
+    cfg = PretrainConfig(images=str(synth_data / "train"), input_size=(32, 48), epochs=1, batch_size=4,
+                         mask_ratio=0.75, masked_loss=True, whiten_colour=True, seed=3)
+    for name in ("a", "b"):
+        pretrain(cfg, tmp_path / name / "pretrain", frames)
+        train(RunConfig(model="fcn-tiny", classes=spec.classes, palette=spec.palette, input_size=(32, 48),
+                        data=str(synth_data), data_format=spec.format, epochs=1, batch_size=4, seed=3,
+                        class_weighting="none", init_from=str(tmp_path / name / "pretrain"), val_split=None,
+                        labels_fraction=0.25), tmp_path / name / "fine-tuned")
+    pretrained = [_pretrained_weights(tmp_path / name / "pretrain") for name in ("a", "b")]
+    keras.utils.set_random_seed(3)
+    initial = build_encoder("fcn-tiny")
+    assert not np.array_equal(pretrained[0]["stem_conv"][0], initial.get_layer("stem_conv").get_weights()[0])
+    for layer, weights in pretrained[0].items():
+        for a, b in zip(weights, pretrained[1][layer]):
+            np.testing.assert_array_equal(a, b)
+    tuned = [_checkpoint(tmp_path / name / "fine-tuned", 0) for name in ("a", "b")]
+    for a, b in zip(tuned[0].get_weights() + tuned[0].optimizer.variables,
+                    tuned[1].get_weights() + tuned[1].optimizer.variables):
+        np.testing.assert_array_equal(a, b)
+    assert _rows(tmp_path / "a" / "fine-tuned") == _rows(tmp_path / "b" / "fine-tuned")

@@ -27,6 +27,10 @@ def pretrain(
         None, "--mask-ratio", help=f"Mask this fraction of 16x16 blocks (default {DEFAULT_MASK_RATIO})."),
     noise: Optional[float] = typer.Option(
         None, "--noise", help="Instead of masking: Gaussian noise of this std (0..1 pixel scale)."),
+    masked_loss: bool = typer.Option(False, "--masked-loss",
+                                     help="Loss only on the masked blocks (inpainting), not on every pixel."),
+    whiten_colour: bool = typer.Option(False, "--whiten-colour",
+                                       help="Reconstruct whitened colours, so colour errors weigh like brightness."),
     batch_size: int = typer.Option(8, "--batch-size"),
     learning_rate: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
@@ -46,7 +50,8 @@ def pretrain(
     default_mask = DEFAULT_MASK_RATIO if noise is None else 0.0
     cfg = PretrainConfig(images=images, model=model, input_size=parse_size(input_size), every=every, epochs=epochs,
                          batch_size=batch_size, learning_rate=learning_rate, loss=loss, seed=seed,
-                         mask_ratio=default_mask if mask_ratio is None else mask_ratio, noise=noise or 0.0)
+                         mask_ratio=default_mask if mask_ratio is None else mask_ratio, noise=noise or 0.0,
+                         masked_loss=masked_loss, whiten_colour=whiten_colour)
     cfg.check()
     check_out(out)
     console = Console()
