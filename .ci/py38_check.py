@@ -21,9 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: What a device runs: the runtime, the TensorRT modules and what the device commands import.
 DEVICE = ["runtime", "calibration", "converters/__init__.py", "converters/qdq_placement.py", "converters/tensorrt.py",
-          "converters/trt_conformance.py", "edgeseg/__init__.py", "edgeseg/bench.py", "edgeseg/console.py",
-          "edgeseg/data/__init__.py", "edgeseg/data/groups.py", "edgeseg/data/readers.py", "edgeseg/data/synth.py",
-          "edgeseg/evaluate.py", "edgeseg/metrics.py", "edgeseg/rundir.py", "edgeseg/summary.py"]
+          "converters/trt_conformance.py", "edgeseg/__init__.py", "edgeseg/bench.py", "edgeseg/choices.py",
+          "edgeseg/console.py", "edgeseg/data/__init__.py", "edgeseg/data/groups.py", "edgeseg/data/readers.py",
+          "edgeseg/data/synth.py", "edgeseg/evaluate.py", "edgeseg/metrics.py", "edgeseg/rundir.py",
+          "edgeseg/summary.py"]
 #: Modules whose annotations are evaluated at run time (typer reads the CLI functions' signatures).
 EVALUATED = ["edgeseg/cli"]
 GENERIC_BUILTINS = {"list", "dict", "tuple", "set", "frozenset", "type"}

@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras import layers
 
 from edgeseg.converters import tflite
-from edgeseg.runtime.stats import time_calls
+from edgeseg.runtime.timing import time_calls
 
 
 def _model(shape: tuple[int, int, int], build) -> keras.Model:

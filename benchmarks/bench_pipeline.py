@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     height, width = first.image.shape[:2]
-    spec = seg.runner.artifact.input
+    spec = seg.runner.spec.input
     print(f"{seg.runner.name} on {platform.machine()} ({platform.processor() or platform.system()}), "
           f"{width}x{height} frames, model input {spec.width}x{spec.height}, {args.frames} frames per run\n")
     print(markdown(results))

@@ -11,9 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from edgeseg.bench import latency_summary
 from edgeseg.export import ExportOptions, export_cpu
 from edgeseg.runtime.backends.base import load_runner
+from edgeseg.runtime.timing import RUNS, WARMUP, time_runner
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("benchmarks/_work/tflite"))
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=RUNS)
     args = parser.parse_args()
     bundles = {"int8": args.work / "int8", "fp16": args.work / "fp16"}
     for precision, path in bundles.items():
@@ -34,8 +34,7 @@ def main() -> None:
                "miou": manifest["evaluation"]["scores"][precision]["miou"]}
         for threads in (1, 2):
             with load_runner(path, precision, threads) as runner:
-                times = runner.time_inference(warmup=20, runs=args.runs)
-            row[f"t{threads}"] = latency_summary(times)
+                row[f"t{threads}"] = time_runner(runner, WARMUP, args.runs).to_dict()
         rows.append(row)
     (args.work / "tflite_results.json").write_text(json.dumps(rows, indent=2) + "\n")
     fp32 = rows[0]
@@ -43,9 +42,9 @@ def main() -> None:
           "| speed-up vs fp32 (2 threads) |")
     print("| --- | ---: | ---: | ---: | --- | --- | ---: |")
     for r in rows:
-        lat = {t: "/".join(str(r[t][k]) for k in ("p50", "p90", "p99")) for t in ("t1", "t2")}
+        lat = {t: "/".join(str(r[t][k]) for k in ("p50_ms", "p90_ms", "p99_ms")) for t in ("t1", "t2")}
         print(f"| {r['precision']} | {r['bytes'] / 1024:.1f} | {r['bytes'] / fp32['bytes']:.2f} | "
-              f"{r['miou'] * 100:.2f} | {lat['t1']} | {lat['t2']} | {fp32['t2']['p50'] / r['t2']['p50']:.2f} |")
+              f"{r['miou'] * 100:.2f} | {lat['t1']} | {lat['t2']} | {fp32['t2']['p50_ms'] / r['t2']['p50_ms']:.2f} |")
 
 
 if __name__ == "__main__":

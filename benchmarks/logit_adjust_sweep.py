@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgeseg.keras_runner import keras_runner
 from edgeseg.logit_adjust import scores_by_alpha
 from edgeseg.rundir import CHECKPOINTS, RunConfig, load_keras_model, read_state
-from edgeseg.train import TrainingData, keras_logits_fn
+from edgeseg.train import TrainingData
 
 
 def main() -> None:
@@ -20,9 +21,9 @@ def main() -> None:
     args = parser.parse_args()
     cfg = RunConfig.load(args.run)
     data = TrainingData.load(cfg, skip_bad=True)  # the samples training kept
-    model = load_keras_model(args.run / CHECKPOINTS / f"epoch_{read_state(args.run)['best_epoch']:03d}.keras")
-    scores = scores_by_alpha(keras_logits_fn(model, cfg.input_size, cfg.mean, cfg.std), data.val, data.weights,
-                             cfg.classes)
+    path = args.run / CHECKPOINTS / f"epoch_{read_state(args.run)['best_epoch']:03d}.keras"
+    with keras_runner(load_keras_model(path), cfg, path) as runner:
+        scores = scores_by_alpha(runner.logits, data.val, data.weights, cfg.classes)
     print("| alpha | val mIoU % | " + " | ".join(cfg.classes) + " |")
     print("| ---: | ---: | " + " | ".join("---:" for _ in cfg.classes) + " |")
     for alpha, s in scores.items():

@@ -1,9 +1,10 @@
 """Benchmark: edgeseg's Q/DQ placement beside NVIDIA Model Optimizer's, on the same fp32 ONNX.
 
-Usage: python benchmarks/qdq_modelopt.py BUNDLE [--data DIR] [--split val] [--threads 2]
+Usage: python benchmarks/qdq_modelopt.py BUNDLE [--data DIR] [--calib-data DIR] [--split val] [--threads 2]
        [--out benchmarks/_work/qdq_modelopt]
 BUNDLE is an `edgeseg export --target jetson --precision int8` bundle (fp32 ONNX, edgeseg's Q/DQ ONNX and
-the calibration images it records). Where `modelopt` imports, the fp32 ONNX is also quantized with
+the calibration images it records, looked up under --calib-data, else --data, else the recorded folder).
+Where `modelopt` imports, the fp32 ONNX is also quantized with
 `modelopt.onnx.quantization.quantize` (int8, max calibration on the same images, CPU, fp32 elsewhere) and
 the script prints both placements (Q/DQ pairs, float layers, skip Adds), every node whose quantized inputs
 differ and, with --data, the onnxruntime mIoU of fp32, edgeseg's and ModelOpt's graphs on the same images.
@@ -23,10 +24,12 @@ import onnx
 
 from edgeseg.calibration.frames import frames_from_record
 from edgeseg.converters.onnx import get_metadata, set_metadata
-from edgeseg.converters.onnx_qdq import miou_score_fn, model_batches
+from edgeseg.converters.onnx_qdq import miou_scorer
 from edgeseg.converters.qdq_placement import quantized_inputs, summary
 from edgeseg.data.readers import load_all, open_dataset
+from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.manifest import read_manifest
+from edgeseg.runtime.preprocess import model_batches
 
 
 def modelopt_quantize(fp32: Path, out: Path, calib: np.ndarray) -> Path:
@@ -43,7 +46,8 @@ def modelopt_quantize(fp32: Path, out: Path, calib: np.ndarray) -> Path:
 
 
 def differences(ours: onnx.GraphProto, theirs: onnx.GraphProto) -> list[str]:
-    """One line per Conv/ConvTranspose/Add whose quantized inputs differ (q: through Q/DQ, -: float)."""
+    """One line per node whose quantized inputs differ (q: through Q/DQ, -: float), leaving out nodes that
+    read nothing quantized in either graph."""
     a, b = quantized_inputs(ours), quantized_inputs(theirs)
     ops = {n.name: n.op_type for n in ours.node} | {n.name: n.op_type for n in theirs.node}
 
@@ -51,13 +55,16 @@ def differences(ours: onnx.GraphProto, theirs: onnx.GraphProto) -> list[str]:
         return "absent" if placed is None else "".join("q" if p else "-" for p in placed)
 
     return [f"{ops[name]:<13} {name}: edgeseg {mark(a.get(name))}, modelopt {mark(b.get(name))}"
-            for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name)]
+            for name in sorted(set(a) | set(b))
+            if a.get(name) != b.get(name) and any((*a.get(name, ()), *b.get(name, ())))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--data", type=Path, help="Dataset to score every graph on (onnxruntime, CPU).")
+    parser.add_argument("--calib-data", type=Path,
+                        help="Dataset holding the bundle's calibration images (default: --data).")
     parser.add_argument("--split", default="val")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/_work/qdq_modelopt"))
@@ -69,7 +76,7 @@ def main() -> None:
         print("modelopt is not installed (pip install 'nvidia-modelopt[onnx]'): edgeseg's placement only")
     else:
         spec = manifest.artifact("fp32").input
-        frames = frames_from_record(manifest.calibration, (spec.height, spec.width))
+        frames = frames_from_record(manifest.calibration, (spec.height, spec.width), args.calib_data or args.data)
         args.out.mkdir(parents=True, exist_ok=True)
         calib = np.concatenate(list(model_batches(frames, spec)))
         graphs["modelopt"] = modelopt_quantize(fp32, args.out / "model_int8_modelopt.onnx", calib)
@@ -82,11 +89,13 @@ def main() -> None:
         print("\n".join(lines) or "none")
     if args.data is not None:
         pairs = load_all(open_dataset(args.data, args.split))
-        score = miou_score_fn([p[0] for p in pairs], [p[1] for p in pairs], len(manifest.classes),
-                              manifest.ignore_index, threads=args.threads)
+        score = miou_scorer(pairs, manifest.classes, threads=args.threads)
         for name, path in graphs.items():
             print(f"mIoU {name}: {score(path) * 100:.2f} ({len(pairs)} {args.split} images, onnxruntime CPU)")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EdgesegError as exc:  # e.g. the calibration images are not where the bundle recorded them
+        raise SystemExit(f"error: {exc}") from None

@@ -20,13 +20,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeseg.choices import ONNX_LAYOUTS
 from edgeseg.rundir import write_atomic
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.manifest import DEFAULT_MEAN, DEFAULT_STD, Artifact, InputSpec, OutputSpec
 
 from .trt_conformance import ensure_conformant
 
-LAYOUTS = ("nchw", "nhwc")
+LAYOUTS = ONNX_LAYOUTS
 INPUT_NAME = "pixels"
 _META_PREFIX = "edgeseg."
 

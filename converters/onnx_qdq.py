@@ -11,8 +11,8 @@ shares one Q/DQ pair per tensor. Its options are set to TensorRT's placement rul
 * each skip Add has only its residual input quantized: the input produced by a convolution's fused
   epilogue stays float, so TensorRT fuses the Add into that convolution (`qdq_placement`, which follows
   the TensorRT guide and NVIDIA Model Optimizer and cites both);
-* the output layer (fcn-*'s full-resolution ConvTranspose) and convs without a trusted int8 kernel stay
-  float, as Model Optimizer leaves them;
+* the node writing the graph output, unless it is a Conv (fcn-*'s full-resolution ConvTranspose where
+  no crop follows it), and convs without a trusted int8 kernel stay float, as Model Optimizer leaves them;
 * Adds with a constant operand (the folded input normalisation) stay float: the first Q then sees
   normalised values, not 0..255 pixels crushed by a symmetric scale onto 0..127;
 * bias stays float (`QuantizeBias` off: an int32 DequantizeLinear is outside TensorRT's op support);
@@ -39,21 +39,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeseg.runtime.backends.onnxrt import ort_session
+from edgeseg.choices import CALIB_METHODS
+from edgeseg.runtime.backends.onnxrt import OnnxRuntimeRunner, ort_session
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime.manifest import IGNORE_INDEX, Artifact, InputSpec
-from edgeseg.runtime.preprocess import labels_from_output, resize_labels, to_model_input
+from edgeseg.runtime.manifest import Artifact
+from edgeseg.runtime.preprocess import model_batches
 
 from .onnx import artifact_from_onnx, get_metadata, save_onnx, set_metadata
 from .qdq_placement import float_nodes, fused_add_inputs, remove_input_qdq, summary
 from .trt_conformance import ensure_conformant
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Add")
 HISTOGRAM_BINS = 2048
 QUANTIZED_BINS = 128  # the positive int8 levels the entropy search maps the histogram onto
 ENTROPY_STEP = 8  # candidate thresholds every 8 bins (0.4% of the tensor's max)
 PERCENTILE = 99.99  # the default of NVIDIA Model Optimizer's histogram calibrator
+#: Which tensors `calibrate` covers; part of the cache key (2: every input of QUANTIZED_OPS, placement aside).
+RANGES_VERSION = 2
 #: Scores one Q/DQ ONNX file (higher is better), e.g. its mIoU on held-out frames.
 ScoreFn = Callable[[Path], float]
 
@@ -125,10 +127,10 @@ def calibrate(fp32: Path, frames: Sequence[np.ndarray]) -> dict[str, dict[str, f
 
 
 def _activations(graph: onnx.GraphProto) -> list[str]:
-    """The tensors quantize_static quantizes as activations: non-constant inputs of quantized ops."""
+    """Every tensor quantize_static may quantize as an activation: the non-constant inputs of the quantized
+    op types, those the placement rules keep float included, so cached ranges outlive a change of rules."""
     consts = {init.name for init in graph.initializer}
-    excluded = set(float_nodes(graph))
-    names = {name for node in graph.node if node.op_type in QUANTIZED_OPS and node.name not in excluded
+    names = {name for node in graph.node if node.op_type in QUANTIZED_OPS
              for name in node.input if name and name not in consts}
     return sorted(names)
 
@@ -198,27 +200,15 @@ def _quantize(fp32: Path, out: Path, thresholds: dict[str, float], method: str) 
     return out
 
 
-def model_batches(frames: Sequence[np.ndarray], spec: InputSpec) -> Iterator[np.ndarray]:
-    """Frames as the input batches of an artifact (the last batch filled up by cycling from the start)."""
-    for start in range(0, len(frames), spec.batch):
-        group = [frames[(start + i) % len(frames)] for i in range(spec.batch)]
-        yield np.concatenate([to_model_input(frame, spec) for frame in group])
-
-
-def miou_score_fn(frames: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_classes: int,
-                  ignore_index: int = IGNORE_INDEX, threads: int | None = None) -> ScoreFn:
-    """A ScoreFn: mIoU of an edgeseg ONNX model on `frames` (RGB uint8) against `labels` (HxW)."""
-    from edgeseg.metrics import SegmentationScores, confusion_matrix
+def miou_scorer(pairs: Sequence[tuple[np.ndarray, np.ndarray]], classes: Sequence[str],
+                threads: int | None = None) -> ScoreFn:
+    """A ScoreFn: mIoU of an edgeseg ONNX model on (RGB uint8, labels) pairs, run by `OnnxRuntimeRunner`
+    and scored by `evaluate`."""
+    from edgeseg.evaluate import evaluate
 
     def score(path: Path) -> float:
-        artifact = artifact_from_onnx(path, backend="onnxruntime", precision="int8")
-        session = ort_session(path, threads)
-        name = session.get_inputs()[0].name
-        cm = np.zeros((num_classes, num_classes), np.int64)
-        for frame, target in zip(frames, labels):
-            out = session.run(None, {name: next(model_batches([frame], artifact.input))})[0]
-            pred = labels_from_output(out, artifact.output.kind, artifact.output.layout)
-            cm += confusion_matrix(resize_labels(pred, *target.shape[:2]), target, num_classes, ignore_index)
-        return SegmentationScores.from_confusion(cm, [str(c) for c in range(num_classes)], len(frames)).miou
+        spec = artifact_from_onnx(path, backend="onnxruntime", precision="int8").spec
+        with OnnxRuntimeRunner(path, spec, threads) as runner:
+            return evaluate(runner, pairs, classes).miou
 
     return score

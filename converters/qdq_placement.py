@@ -6,8 +6,9 @@ Quantization" chapter, section "Q/DQ Layer-Placement Recommendations"
 (docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html),
 and NVIDIA Model Optimizer's ONNX quantizer (github.com/NVIDIA/Model-Optimizer,
 `modelopt/onnx/quantization/`), which implements those recommendations as graph rules. Rule by rule
-(guide recommendation; ModelOpt file and function, as of its 2025-2026 sources: the function names are
-stable, `graph_utils.py` was later split into `qdq_graph.py`, `graph_selection.py` and `graph_indexing.py`):
+(guide recommendation; ModelOpt file and function as in nvidia-modelopt 0.47.0, the version measured
+against; later sources split `graph_utils.py` into `qdq_graph.py`, `graph_selection.py` and
+`graph_indexing.py`, with the same function names):
 
 * weighted ops: Conv/ConvTranspose inputs quantized, weights per channel (guide: quantize all inputs of
   weighted operations; `int8.py`, `quantize_static(per_channel=True)`);
@@ -15,9 +16,9 @@ stable, `graph_utils.py` was later split into `qdq_graph.py`, `graph_selection.p
   of weighted operations; `partitioning.py`, BatchNormalization/ReLU join the conv's partition);
 * residual Add: only the residual input is quantized, the input produced by a convolution's fused
   epilogue stays float (guide: quantize the residual input of a skip connection, TensorRT fuses the
-  element-wise addition into the preceding weighted layer; `qdq_graph.py`, `build_non_residual_input_map`
+  element-wise addition into the preceding weighted layer; `graph_utils.py`, `build_non_residual_input_map`
   and `remove_partial_input_qdq`);
-* the output layer stays float unless it is a Conv/Gemm/MatMul (`partitioning.py`,
+* the node that writes a graph output stays float unless it is a Conv/Gemm/MatMul (`partitioning.py`,
   `get_skipped_output_layers`);
 * Convs with fewer than 16 input or output channels stay float unless an int8 kernel fits them
   (`graph_utils.py`, `find_nodes_from_convs_to_exclude`; no compact FCN has such a conv);
@@ -32,12 +33,10 @@ ancestor is the fused (non-residual) one: in fcn-*'s decoder that is the upsampl
 projected encoder skip (a 1x1 Conv) is the quantized residual. Dilated convolutions are Conv nodes with
 `dilations` and follow the same rules.
 
-Output layer: `get_skipped_output_layers` checks the node that produces the graph output; edgeseg walks
-back through the ops that only move or select values (the crop's Slice, a Transpose, ArgMax), so the
-full-resolution ConvTranspose of fcn-* stays float with and without the crop. Issue 18 reports Model
-Optimizer 0.47 leaving that ConvTranspose float on an fcn-medium export; at the shipped 360x480 size the
-crop's Slice follows it, and looking through it is what reproduces that report (ModelOpt is not
-installed here to confirm it; `benchmarks/qdq_modelopt.py` compares the two where it is).
+Output layer, measured against Model Optimizer 0.47 on fcn-medium and fcn-context exports
+(`benchmarks/RESULTS.md`): only the node that writes the graph output counts. fcn-*'s full-resolution
+ConvTranspose stays float where it writes the logits (an input size that is a multiple of 32); behind the
+crop's Slice (e.g. the shipped 360x480) or the label ArgMax it is quantized, as ModelOpt quantizes it.
 """
 from __future__ import annotations
 
@@ -53,8 +52,6 @@ CONVS = ("Conv", "ConvTranspose")
 #: Ops that only move, select or reinterpret values: ModelOpt's copy ops (`op_types.get_copy_ops`).
 COPY_OPS = frozenset(("Flatten", "Transpose", "Concat", "Split", "Squeeze", "Unsqueeze", "Expand",
                       "Reshape", "Tile", "Gather", "Slice", "Identity"))
-#: What may follow the output layer without computing on its values (copy ops, the label argmax).
-TAIL_OPS = COPY_OPS | {"ArgMax", "Cast"}
 #: A convolution's fused epilogue, in order (each optional), as ModelOpt's `get_fusible_backbone` matches it.
 EPILOGUE = ("Relu", "BatchNormalization", "BiasAdd", "ConstMul")
 #: Ops ModelOpt quantizes as the output layer (others that write the graph output stay float).
@@ -63,13 +60,12 @@ MIN_CHANNELS = 16
 
 
 class Net:
-    """Producers, constants and outputs of a float graph (a Q/DQ graph: through `float_view` first)."""
+    """Producers and constants of a float graph (a Q/DQ graph: through `float_view` first)."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
         self.consts = {i.name for i in graph.initializer} | {
             n.output[0] for n in graph.node if n.op_type == "Constant"}
         self.producer = {o: n for n in graph.node for o in n.output}
-        self.outputs = {o.name for o in graph.output}
 
     def variable_inputs(self, node: onnx.NodeProto) -> list[str]:
         return [i for i in node.input if i and i not in self.consts]
@@ -158,17 +154,10 @@ def fused_add_inputs(graph: onnx.GraphProto) -> dict[str, str]:
 
 
 def float_output_layers(graph: onnx.GraphProto) -> list[str]:
-    """Layers writing a graph output (through `TAIL_OPS`) that ModelOpt leaves float: all but Conv/Gemm/MatMul."""
-    net = Net(graph)
-    found = []
-    for output in net.outputs:
-        node = net.producer.get(output)
-        while node is not None and node.op_type in TAIL_OPS:
-            parents = net.parents(node)
-            node = parents[0] if len(parents) == 1 else None
-        if node is not None and node.op_type not in QUANTIZED_OUTPUT_OPS and node.name not in found:
-            found.append(node.name)
-    return found
+    """Nodes writing a graph output that ModelOpt leaves float: all but Conv/Gemm/MatMul."""
+    outputs = {o.name for o in graph.output}
+    return [n.name for n in graph.node
+            if n.op_type not in QUANTIZED_OUTPUT_OPS and any(o in outputs for o in n.output)]
 
 
 def small_channel_convs(graph: onnx.GraphProto) -> list[str]:
@@ -241,10 +230,10 @@ def _dq_sources(graph: onnx.GraphProto) -> dict[str, str]:
 
 
 def quantized_inputs(graph: onnx.GraphProto) -> dict[str, tuple[bool, ...]]:
-    """Per Conv/ConvTranspose/Add node: which inputs arrive through a DequantizeLinear."""
+    """Per node (Q/DQ nodes aside): which inputs arrive through a DequantizeLinear."""
     producer = {o: n for n in graph.node for o in n.output}
     return {n.name: tuple(name in producer and producer[name].op_type == "DequantizeLinear" for name in n.input)
-            for n in graph.node if n.op_type in (*CONVS, "Add")}
+            for n in graph.node if n.op_type not in QDQ_OPS}
 
 
 def summary(model: onnx.ModelProto | str | os.PathLike[str]) -> dict:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable  # typing's Callable: `Log` is e
 
 import numpy as np
 
+from edgeseg.choices import TRT_CALIBRATORS, TRT_PRECISIONS
 from edgeseg.rundir import write_atomic
 from edgeseg.runtime.backends.tensorrt import (
     device_target,
@@ -42,12 +43,13 @@ from edgeseg.runtime.manifest import (
     staging_dir,
     write_bundle,
 )
+from edgeseg.runtime.preprocess import model_batches
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-PRECISIONS = ("int8", "fp16", "fp32")
-CALIBRATORS = ("entropy", "minmax")
+PRECISIONS = TRT_PRECISIONS
+CALIBRATORS = TRT_CALIBRATORS
 Log = Callable[[str], None]
 
 
@@ -204,8 +206,6 @@ def _calibrator(kind: str, frames: Sequence[np.ndarray], network: trt.INetworkDe
                 cuda: CudaStream, cache: Path) -> trt.IInt8Calibrator:
     """An entropy or minmax INT8 calibrator over `frames`, reading/writing the cache at `cache`."""
     import tensorrt as trt
-
-    from .onnx_qdq import model_batches
 
     shape = dims(network.get_input(0).shape)
     layout = "NCHW" if shape[1] == 3 else "NHWC"

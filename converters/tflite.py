@@ -19,9 +19,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python import convert as tfl_convert
 
+from ..choices import TARGET_PRECISIONS
 from ..runtime.errors import EdgesegError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = TARGET_PRECISIONS["cpu"]
 _FLOAT_TYPES = {"float32", "float16", "float64"}
 #: Ops that move data between float and integer around layers a user keeps in float.
 _BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}

@@ -6,34 +6,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable  # subscripted at run time below: typing's works on 3.8
+from typing import Callable, List, Optional, Tuple  # subscripted at run time below: typing's work on 3.8
 
 import numpy as np
 
-from .evaluate import evaluate_arrays
+from .evaluate import evaluate
 from .rundir import atomic_write_text, check_writable, save_atomic
-from .runtime.backends.base import load_runner
+from .runtime.backends.base import Runner, runner_for
 from .runtime.errors import BackendUnavailable, EdgesegError
 from .runtime.manifest import MANIFEST_NAME, read_manifest, resolve_bundle, shipped_bundles
-from .runtime.stats import time_calls
+from .runtime.timing import RUNS, WARMUP, time_runner
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class Candidate:
-    """One thing to measure: how to label a frame, how to time the model alone, and its file."""
-
-    name: str
-    format: str
-    precision: str
-    path: Path
-    predict: Callable[[np.ndarray], np.ndarray]
-    timer: Callable[[int, int], np.ndarray]
-    classes: list[str]
-    close: Callable[[], None] = lambda: None
-    #: The artifact's recorded held-out estimate (mIoU on recordings its recipe never trained on), if any.
-    heldout_miou: float | None = None
 
 
 @dataclass
@@ -47,8 +31,8 @@ class BenchRow:
     #: From the bundle's manifest (`evaluation.heldout`), not measured by bench: see `heldout_miou_of`.
     heldout_miou: float | None = None
     per_class_iou: dict[str, float | None] = field(default_factory=dict)
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    fps: float | None = None
+    #: Model-only latency: `timing.Latency` (p50_ms, p90_ms, p99_ms, mean_ms, fps); empty when skipped.
+    latency: dict[str, float] = field(default_factory=dict)
     threads: int | None = None
     skipped: str | None = None
 
@@ -56,18 +40,24 @@ class BenchRow:
 FORMATS = {"litert": "TFLite", "onnxruntime": "ONNX (onnxruntime)", "tensorrt": "TensorRT"}
 
 
-def _bundle_candidates(bundle: Path, threads: int | None) -> Iterable[Candidate | BenchRow]:
+#: What bench measures: the row to fill, the runner (None when the row is skipped) and the model's classes.
+Measured = Tuple[BenchRow, Optional[Runner], List[str]]
+
+
+def _bundle_runners(bundle: Path, threads: int | None) -> Iterable[Measured]:
     manifest = read_manifest(bundle)
     for name, art in manifest.artifacts.items():
+        path = bundle / art.file
+        row = BenchRow(f"{bundle.name}:{name}", FORMATS.get(art.backend, art.backend), art.precision, str(path),
+                       path.stat().st_size, heldout_miou=heldout_miou_of(manifest.evaluation.get("heldout"), name),
+                       threads=threads)
         try:
-            runner = load_runner(bundle, name, threads).activate()
+            runner = runner_for(bundle, art, threads).activate()
         except BackendUnavailable as exc:  # a broken artifact is an error, not a skip
-            yield BenchRow(f"{bundle.name}:{name}", FORMATS.get(art.backend, art.backend), art.precision,
-                           str(bundle / art.file), (bundle / art.file).stat().st_size, skipped=str(exc))
+            row.skipped, row.threads = str(exc), None
+            yield row, None, manifest.classes
             continue
-        yield Candidate(f"{bundle.name}:{name}", FORMATS.get(art.backend, art.backend), art.precision,
-                        bundle / art.file, runner.predict, runner.time_inference, manifest.classes,
-                        runner.deactivate, heldout_miou_of(manifest.evaluation.get("heldout"), name))
+        yield row, runner, manifest.classes
 
 
 def heldout_miou_of(heldout: dict | None, artifact: str) -> float | None:
@@ -78,22 +68,17 @@ def heldout_miou_of(heldout: dict | None, artifact: str) -> float | None:
     return scores.get("miou") if isinstance(scores, dict) else None
 
 
-def _keras_candidate(run_dir: Path) -> Candidate:
-    import tensorflow as tf
-
+def _keras_runner(run_dir: Path, threads: int | None) -> Measured:
+    """A run's best model as deployed (normalisation inside, as in every artifact), run by Keras."""
     from .deploy import deploy_model
-    from .train import keras_label_fn, load_run_model
+    from .keras_runner import KerasRunner, keras_spec
+    from .rundir import BEST_MODEL, load_run_model
 
     model, cfg = load_run_model(run_dir)
     deploy = deploy_model(model, cfg.model, cfg.num_classes, cfg.input_size, cfg.mean, cfg.std)
-    forward = tf.function(lambda x: deploy(x, training=False))
-
-    def timer(warmup: int, runs: int) -> np.ndarray:
-        x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, *cfg.input_size, 3)).astype(np.float32))
-        return time_calls(lambda: forward(x).numpy(), warmup, runs)
-
-    return Candidate(f"{run_dir.name}:keras", "Keras", "fp32", run_dir / "model.keras",
-                     keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), timer, cfg.classes)
+    path = run_dir / BEST_MODEL
+    row = BenchRow(f"{run_dir.name}:keras", "Keras", "fp32", str(path), path.stat().st_size, threads=threads)
+    return row, KerasRunner(deploy, keras_spec(cfg, folded=True), path).activate(), cfg.classes
 
 
 def check_options(threads: int | None, warmup: int, runs: int, has_data: bool, json_out: Path | None,
@@ -110,44 +95,34 @@ def check_options(threads: int | None, warmup: int, runs: int, has_data: bool, j
             check_writable(path)
 
 
-def latency_summary(times: np.ndarray) -> dict[str, float]:
-    """p50/p90/p99 of model-only latencies in ms."""
-    return {k: round(float(v), 3) for k, v in zip(("p50", "p90", "p99"), np.percentile(times, [50, 90, 99]))}
-
-
-def candidates(targets: Sequence[str], threads: int | None) -> Iterable[Candidate | BenchRow]:
-    """Bundles (paths or shipped names) give one candidate per artifact; run folders give Keras fp32."""
+def to_measure(targets: Sequence[str], threads: int | None) -> Iterable[Measured]:
+    """Bundles (paths or shipped names) give one runner per artifact; run folders give Keras fp32."""
     for target in targets:
         path = Path(target)
         if (path / "config.json").is_file() and not (path / MANIFEST_NAME).is_file():
-            yield _keras_candidate(path)
+            yield _keras_runner(path, threads)
         elif path.exists() or target in shipped_bundles():
-            yield from _bundle_candidates(resolve_bundle(target), threads)
+            yield from _bundle_runners(resolve_bundle(target), threads)
         else:
             raise EdgesegError(f"{target}: not a bundle, a shipped bundle name or a run folder")
 
 
 def bench(targets: Sequence[str], pairs: list[tuple[np.ndarray, np.ndarray]] | None, threads: int | None,
-          warmup: int = 20, runs: int = 100, log: Log = print) -> list[BenchRow]:
-    """Accuracy on `pairs` (if given) and model-only latency of every candidate, in one process."""
+          warmup: int = WARMUP, runs: int = RUNS, log: Log = print) -> list[BenchRow]:
+    """Accuracy on `pairs` (if given) and model-only latency of every runner, in one process."""
     rows = []
-    for cand in candidates(targets, threads):
-        if isinstance(cand, BenchRow):
-            log(f"{cand.name}: skipped ({cand.skipped})")
-            rows.append(cand)
-            continue
-        try:
-            row = BenchRow(cand.name, cand.format, cand.precision, str(cand.path), cand.path.stat().st_size,
-                           threads=threads, heldout_miou=cand.heldout_miou)
-            if pairs is not None:
-                scores = evaluate_arrays(cand.predict, pairs, cand.classes)
-                row.miou, row.per_class_iou = scores.miou, scores.per_class_iou
-            row.latency_ms = latency_summary(cand.timer(warmup, runs))
-            row.fps = round(1000.0 / row.latency_ms["p50"], 1)
-        finally:
-            cand.close()
-        log(f"{row.name}: mIoU {'-' if row.miou is None else f'{row.miou * 100:.2f}'}, p50 {row.latency_ms['p50']} ms")
+    for row, runner, classes in to_measure(targets, threads):
         rows.append(row)
+        if runner is None:
+            log(f"{row.name}: skipped ({row.skipped})")
+            continue
+        with runner:
+            if pairs is not None:
+                scores = evaluate(runner, pairs, classes)
+                row.miou, row.per_class_iou = scores.miou, scores.per_class_iou
+            row.latency = time_runner(runner, warmup, runs).to_dict()
+        log(f"{row.name}: mIoU {'-' if row.miou is None else f'{row.miou * 100:.2f}'}, "
+            f"p50 {row.latency['p50_ms']} ms")
     return rows
 
 
@@ -167,8 +142,8 @@ def plot(rows: list[BenchRow], path: Path) -> None:
         raise EdgesegError("nothing to plot: give --data so that accuracy is measured")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     for r in measured:
-        ax1.scatter(r.latency_ms["p50"], r.miou * 100)
-        ax1.annotate(f"{r.name} ({r.precision})", (r.latency_ms["p50"], r.miou * 100), fontsize=8)
+        ax1.scatter(r.latency["p50_ms"], r.miou * 100)
+        ax1.annotate(f"{r.name} ({r.precision})", (r.latency["p50_ms"], r.miou * 100), fontsize=8)
     ax1.set(xlabel="latency p50 (ms)", ylabel="mIoU (%)", title="accuracy against latency")
     classes = list(measured[0].per_class_iou)
     width = 0.8 / len(measured)

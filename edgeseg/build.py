@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bench import latency_summary
 from .console import detail
 from .data.groups import parse_groups
 from .data.readers import DatasetSpec, open_dataset
@@ -22,9 +21,10 @@ from .data.synth import generate_synthetic
 from .export import ExportOptions, export_bundle
 from .progress import stage
 from .rundir import STATE, RunConfig, atomic_write_text
-from .runtime.backends.base import load_runner
+from .runtime.backends.base import runner_for
 from .runtime.errors import EdgesegError
 from .runtime.manifest import MANIFEST_NAME, read_manifest
+from .runtime.timing import time_runner
 from .summary import heldout_line
 from .train import check_groups, train, training_done
 from .train_progress import StepProgress
@@ -96,22 +96,17 @@ def _stage_train(opts: BuildOptions, data: Path, log: Log) -> Path:
     return run_dir
 
 
-def latency_ms(bundle: Path, artifact: str, threads: int | None) -> dict[str, float]:
-    with load_runner(bundle, artifact, threads) as runner:
-        summary = latency_summary(runner.time_inference(warmup=10, runs=50))
-    return {**summary, "fps": round(1000.0 / summary["p50"], 1)}
-
-
 def write_report(bundle: Path, threads: int | None) -> dict:
     """report.json and report.md: model, params, MACs, sizes, accuracy and latency of each artifact."""
     manifest = read_manifest(bundle)
     artifacts = {}
     for name, art in manifest.artifacts.items():
         scores = manifest.evaluation.get("scores", {}).get(name, {})
+        with runner_for(bundle, art, threads) as runner:
+            latency = time_runner(runner).to_dict()
         artifacts[name] = {"file": art.file, "backend": art.backend, "precision": art.precision,
                            "bytes": (bundle / art.file).stat().st_size, "miou": scores.get("miou"),
-                           "per_class_iou": scores.get("per_class_iou"),
-                           "latency_ms": latency_ms(bundle, name, threads)}
+                           "per_class_iou": scores.get("per_class_iou"), "latency": latency}
     report = {"model": manifest.model, "target": manifest.target, "threads": threads, "artifacts": artifacts,
               "comparison": manifest.evaluation.get("comparison"), "heldout": manifest.evaluation.get("heldout"),
               "overlap_warning": manifest.evaluation.get("overlap_warning")}
@@ -123,10 +118,10 @@ def write_report(bundle: Path, threads: int | None) -> dict:
              "| artifact | backend | precision | size KiB | mIoU % | p50 ms | p90 ms | p99 ms | FPS |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, a in artifacts.items():
-        lat = a["latency_ms"]
+        lat = a["latency"]
         miou = "-" if a["miou"] is None else f"{a['miou'] * 100:.2f}"
         lines.append(f"| {name} | {a['backend']} | {a['precision']} | {a['bytes'] / 1024:.1f} | {miou} | "
-                     f"{lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['fps']} |")
+                     f"{lat['p50_ms']} | {lat['p90_ms']} | {lat['p99_ms']} | {lat['fps']} |")
     split = manifest.evaluation.get("split", "val")
     lines += ["", f"mIoU above: the {split} split."]
     if report["overlap_warning"]:

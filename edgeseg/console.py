@@ -23,6 +23,8 @@ from typing import Optional, TextIO
 #: The open log while `quiet()` is active, and where to keep it when the command ends.
 _log: Optional[TextIO] = None
 _keep: Optional[Path] = None
+#: Whether a `quiet(True)` block is running (also where there are no descriptors to capture).
+_quiet = False
 
 
 def detail(message: str) -> None:
@@ -39,6 +41,11 @@ def say(message: str) -> None:
         detail(message)
 
 
+def is_quiet() -> bool:
+    """Whether a `quiet()` block is running (the command has no --verbose)."""
+    return _quiet
+
+
 def keep_log(path: Path) -> None:
     """Keep this command's log at `path` when it ends (nothing happens with --verbose)."""
     global _keep
@@ -48,6 +55,17 @@ def keep_log(path: Path) -> None:
 @contextmanager
 def quiet(enabled: bool = True) -> Iterator[None]:
     """Send file descriptors 1 and 2 to a log file while the block runs (see the module docstring)."""
+    global _quiet
+    _quiet = enabled
+    try:
+        with _captured(enabled):
+            yield
+    finally:
+        _quiet = False
+
+
+@contextmanager
+def _captured(enabled: bool) -> Iterator[None]:
     global _log, _keep
     if not enabled:
         yield

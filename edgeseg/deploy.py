@@ -11,10 +11,9 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from .choices import OUTPUT_KINDS
 from .model import rebuild
 from .runtime.manifest import DEFAULT_MEAN, DEFAULT_STD
-
-OUTPUT_KINDS = ("logits", "labels")
 
 
 @keras.saving.register_keras_serializable(package="edgeseg")

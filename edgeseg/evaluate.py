@@ -1,27 +1,56 @@
-"""Evaluation: one metric path for Keras models and every bundle backend."""
+"""Evaluation: one metric path for every runner (Keras models and every bundle backend).
+
+`evaluate` runs one runner, or several side by side, over (RGB frame, labels) pairs; a `Tally` pools the
+pixels of a whole split into one confusion matrix per runner.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Callable  # subscripted at run time below: typing's works on 3.8
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Callable, Optional, overload  # Callable subscripted at run time: typing's works on 3.8
 
 import numpy as np
 
 from .metrics import SegmentationScores, confusion_matrix
+from .runtime.backends.base import Runner
 
-LabelFn = Callable[[np.ndarray], np.ndarray]
+Progress = Optional[Callable[[], None]]
 
 
-def evaluate_arrays(
-    predict: LabelFn, pairs: Iterable[tuple[np.ndarray, np.ndarray]], classes: Sequence[str],
-    progress: Callable[[], None] | None = None,
-) -> SegmentationScores:
-    """mIoU etc. of `predict` (RGB frame -> labels at frame size) over (RGB, labels) pairs."""
-    n = len(classes)
-    cm = np.zeros((n, n), np.int64)
-    count = 0
+class Tally:
+    """One confusion matrix pooled over a split's frames, and how many frames went in."""
+
+    def __init__(self, classes: Sequence[str]):
+        self.classes = list(classes)
+        self.matrix = np.zeros((len(classes), len(classes)), np.int64)
+        self.frames = 0
+
+    def add(self, labels: np.ndarray, target: np.ndarray) -> None:
+        """One frame's predicted labels against its target labels (the same size)."""
+        self.matrix += confusion_matrix(labels, target, len(self.classes))
+        self.frames += 1
+
+    def scores(self) -> SegmentationScores:
+        return SegmentationScores.from_confusion(self.matrix, self.classes, self.frames)
+
+
+@overload
+def evaluate(runners: Runner, pairs: Iterable[tuple[np.ndarray, np.ndarray]], classes: Sequence[str],
+             progress: Progress = None) -> SegmentationScores: ...
+@overload
+def evaluate(runners: Mapping[str, Runner], pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+             classes: Sequence[str], progress: Progress = None) -> dict[str, SegmentationScores]: ...
+def evaluate(runners, pairs, classes, progress=None):
+    """mIoU etc. of an active runner, or of each of a name -> runner mapping, over (RGB, labels) pairs.
+
+    Every runner sees each frame in turn, so `pairs` is read once (it may be a generator); `progress` is
+    called once per frame.
+    """
+    named = {"": runners} if isinstance(runners, Runner) else dict(runners)
+    tallies = {name: Tally(classes) for name in named}
     for rgb, target in pairs:
-        cm += confusion_matrix(predict(rgb), target, n)
-        count += 1
+        for name, runner in named.items():
+            tallies[name].add(runner.predict(rgb), target)
         if progress:
             progress()
-    return SegmentationScores.from_confusion(cm, list(classes), count)
+    scores = {name: tally.scores() for name, tally in tallies.items()}
+    return scores[""] if isinstance(runners, Runner) else scores

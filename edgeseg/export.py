@@ -10,7 +10,8 @@ import importlib.metadata
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,42 +25,18 @@ from .converters import tflite
 from .data.groups import overlap_warning
 from .data.readers import open_dataset
 from .deploy import deploy_model
-from .evaluate import evaluate_arrays
+from .evaluate import evaluate
+from .export_options import ExportOptions, check_export
 from .metrics import SegmentationScores
 from .model import count_macs, count_params
 from .progress import Tracked, stage
-from .rundir import RunConfig, read_state
+from .rundir import RunConfig, load_run_model, read_state
 from .runtime.backends.base import runner_for
 from .runtime.errors import EdgesegError
 from .runtime.manifest import Artifact, InputSpec, Manifest, OutputSpec, portable_path, staging_dir, write_bundle
-from .train import load_heldout, load_run_model, load_split, training_groups
+from .train import load_heldout, load_split, training_groups
 
 Progress = Callable[[str], None]
-TARGETS = {"cpu": tflite.PRECISIONS, "jetson": ("fp32", "int8")}
-
-
-@dataclass
-class ExportOptions:
-    precision: str = "int8"
-    output: str = "logits"
-    calib_data: Path | None = None
-    num_calib: int = 200
-    eval_data: Path | None = None
-    eval_split: str = "val"
-    max_drop: float | None = None
-    debug_quant: bool = False
-    float_layers: Sequence[str] = ()
-    float_ops: Sequence[str] = ()
-    force: bool = False
-    threads: int | None = None
-    # jetson target
-    opset: int = 17
-    layout: str = "nchw"
-    batch: int = 1
-    calib_method: str | None = None  # None: "auto" with eval data, else "entropy"
-    #: A run of the same recipe trained with `--holdout-groups`: exported alike and scored on its held-out
-    #: groups, as this bundle's estimate of accuracy on new footage (see `heldout_estimate`).
-    heldout_run: Path | None = None
 
 
 @dataclass
@@ -134,12 +111,13 @@ def _eval_pairs(cfg: RunConfig, opts: ExportOptions, log: Progress
 
 def _evaluate_artifacts(staging: Path, manifest: Manifest, pairs: list[tuple[np.ndarray, np.ndarray]],
                         cfg: RunConfig, opts: ExportOptions, log: Progress) -> dict[str, SegmentationScores]:
-    scores = {}
-    for name, art in manifest.artifacts.items():
-        with runner_for(staging, manifest, art, threads=opts.threads) as runner, \
-                stage(f"eval {name}", total=len(pairs)) as bar:
-            scores[name] = evaluate_arrays(runner.predict, pairs, cfg.classes, progress=bar.advance)
-        log(f"eval {name}: mIoU {scores[name].miou * 100:.2f} on {len(pairs)} images")
+    """Every artifact of a bundle being written, side by side over `pairs` in one pass."""
+    with ExitStack() as active, stage(f"eval {', '.join(manifest.artifacts)}", total=len(pairs)) as bar:
+        runners = {name: active.enter_context(runner_for(staging, art, threads=opts.threads))
+                   for name, art in manifest.artifacts.items()}
+        scores = evaluate(runners, pairs, cfg.classes, progress=bar.advance)
+    for name, score in scores.items():
+        log(f"eval {name}: mIoU {score.miou * 100:.2f} on {len(pairs)} images")
     return scores
 
 
@@ -165,16 +143,7 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
                   log: Progress = print) -> ExportResult:
     """Convert a run's best model for `target`, check it, evaluate it and write the bundle atomically."""
     run_dir, out = Path(run_dir), Path(out)
-    if target not in TARGETS:
-        raise EdgesegError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
-    if opts.precision not in TARGETS[target]:
-        raise EdgesegError(f"precision {opts.precision!r} is not offered for --target {target}; "
-                           f"choose from {', '.join(TARGETS[target])}")
-    if out.exists() and not opts.force:
-        raise EdgesegError(f"{out}: already exists (use --force to overwrite)")
-    if opts.max_drop is not None and (opts.eval_data is None or opts.precision != "int8"):
-        raise EdgesegError("--max-drop compares float and INT8 on evaluation images: give --precision int8 "
-                           "and --eval-data")
+    check_export(out, opts, target)
     adjustment = _logit_adjustment(run_dir)  # reads (and checks) state.json before the model is loaded
     model, cfg = load_run_model(run_dir)
     heldout_source = _heldout_source(run_dir, cfg, opts)
@@ -321,18 +290,14 @@ def _convert_jetson(staging: Path, run_dir: Path, deploy, cfg: RunConfig, opts: 
     if opts.precision != "int8":
         return
     method = opts.calib_method or ("auto" if pairs is not None else "entropy")
-    if method == "auto" and pairs is None:
-        raise EdgesegError("--calib-method auto scores each method on the evaluation images: give --eval-data")
-    # thresholds are keyed by the ONNX graph's tensor names, which layout, opset and batch change, and
-    # the percentile method's threshold depends on its percentile
-    variant = f"{opts.output}|{opts.layout}|opset{opts.opset}|batch{opts.batch}|p{onnx_qdq.PERCENTILE}"
+    # thresholds are keyed by the ONNX graph's tensor names, which layout, opset and batch change, the
+    # percentile method's threshold depends on its percentile, and which tensors are covered on the version
+    variant = (f"{opts.output}|{opts.layout}|opset{opts.opset}|batch{opts.batch}|p{onnx_qdq.PERCENTILE}"
+               f"|v{onnx_qdq.RANGES_VERSION}")
     calib, frames, ranges = _calibrated(
         run_dir, deploy, cfg, opts, "qdq", variant,
         lambda frames: json.dumps(onnx_qdq.calibrate(staging / "model_fp32.onnx", frames)).encode(), result, log)
-    score_fn = None
-    if pairs is not None:
-        score_fn = onnx_qdq.miou_score_fn([p[0] for p in pairs], [p[1] for p in pairs], cfg.num_classes,
-                                          threads=opts.threads)
+    score_fn = None if pairs is None else onnx_qdq.miou_scorer(pairs, cfg.classes, threads=opts.threads)
     log(f"convert: Q/DQ INT8 ONNX (calibration {method})")
     with stage(f"convert: Q/DQ INT8 ONNX (calibration {method})"):
         artifacts["int8"], scores = onnx_qdq.quantize_qdq(

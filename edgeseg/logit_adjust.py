@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .metrics import SegmentationScores, confusion_matrix
+from .evaluate import Tally
+from .metrics import SegmentationScores
 from .runtime.preprocess import resize_labels
 
 #: Strengths tried on the validation split (0: leave the model as trained).
@@ -31,19 +32,17 @@ def scores_by_alpha(logits_fn: Callable[[np.ndarray], np.ndarray], pairs: Iterab
                     ) -> dict[float, SegmentationScores]:
     """Scores of argmax(logits + offsets) for each alpha, from one forward pass per (RGB, labels) pair.
 
-    `logits_fn`: RGB frame -> logits (H x W x classes) at the model's size; labels are resized to the target's.
+    `logits_fn`: RGB frame -> logits (H x W x classes) at the model's size (e.g. `KerasRunner.logits`); labels
+    are resized to the target's.
     """
-    n = len(classes)
     offsets = {alpha: logit_offsets(weights, alpha) for alpha in alphas}
-    cms = {alpha: np.zeros((n, n), np.int64) for alpha in alphas}
-    count = 0
+    tallies = {alpha: Tally(classes) for alpha in alphas}
     for rgb, target in pairs:
         logits = logits_fn(rgb)
         for alpha in alphas:
             labels = np.argmax(logits + offsets[alpha], axis=-1).astype(np.uint8)
-            cms[alpha] += confusion_matrix(resize_labels(labels, *target.shape), target, n)
-        count += 1
-    return {alpha: SegmentationScores.from_confusion(cms[alpha], list(classes), count) for alpha in alphas}
+            tallies[alpha].add(resize_labels(labels, *target.shape), target)
+    return {alpha: tally.scores() for alpha, tally in tallies.items()}
 
 
 def fold_offsets(model, offsets: np.ndarray) -> None:

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from .choices import MODEL_NAMES
 from .runtime.errors import EdgesegError
 
 STRIDE = 32
@@ -61,7 +62,6 @@ COMPACT_MODELS = {
 }
 #: The VGG16 FCN-8s decoder.
 FCN8S_DECODER = (256, 256)
-MODEL_NAMES = (*COMPACT_MODELS, "fcn8s")
 
 
 @keras.saving.register_keras_serializable(package="edgeseg")

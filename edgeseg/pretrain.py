@@ -207,6 +207,12 @@ def save_reconstruction_grid(path: Path, columns: dict[str, np.ndarray]) -> None
     save_atomic(path, partial(fig.savefig, dpi=100))
 
 
+def check_out(run_dir: Path) -> None:
+    """Refuse a run folder that already holds a pretrained encoder (checked before any frame is read)."""
+    if (Path(run_dir) / ENCODER_INFO).exists():
+        raise EdgesegError(f"{run_dir}: already holds a pretrained encoder")
+
+
 def pretrain(cfg: PretrainConfig, run_dir: Path, frames: np.ndarray,
              on_epoch: Callable[[int, dict], None] | None = None) -> PretrainResult:
     """Train `cfg.model`'s autoencoder on `frames` (N x H x W x 3 uint8 at `cfg.input_size`) into `run_dir`.
@@ -215,8 +221,7 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, frames: np.ndarray,
     """
     cfg.check()
     run_dir = Path(run_dir)
-    if (run_dir / ENCODER_INFO).exists():
-        raise EdgesegError(f"{run_dir}: already holds a pretrained encoder")
+    check_out(run_dir)
     if frames.shape[1:] != (*cfg.input_size, 3):
         raise EdgesegError(f"{cfg.images}: frames are {frames.shape[1:]}, expected {(*cfg.input_size, 3)}")
     run_dir.mkdir(parents=True, exist_ok=True)

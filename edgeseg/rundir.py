@@ -10,12 +10,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from .choices import AUGMENT_NAMES, MODEL_NAMES, WEIGHT_METHODS
 from .runtime import schema as s
 from .runtime.errors import EdgesegError
-from .runtime.manifest import DEFAULT_MEAN, DEFAULT_STD
-
-#: The augmentation recipes a run may name (`edgeseg.data.pipeline.AUGMENTS`, which imports TensorFlow).
-AUGMENT_NAMES = ("standard", "strong")
+from .runtime.manifest import DEFAULT_MEAN, DEFAULT_STD, MANIFEST_NAME
 
 CONFIG = "config.json"
 BEST_MODEL = "model.keras"
@@ -93,12 +91,17 @@ class RunConfig:
         return cls(**{**data, **sizes})
 
 
+def is_run_folder(path: Path) -> bool:
+    """Whether `path` is a training run folder (a `config.json`, and not a bundle beside it)."""
+    return (Path(path) / CONFIG).is_file() and not (Path(path) / MANIFEST_NAME).is_file()
+
+
 #: Types and ranges of the run config's fields (fields left out here are only required to be present).
 CONFIG_FIELDS: dict[str, s.Check] = {
-    "model": s.text(), "classes": s.list_of(s.text(), min_length=1), "palette": s.list_of(s.RGB),
+    "model": s.text(*MODEL_NAMES), "classes": s.list_of(s.text(), min_length=1), "palette": s.list_of(s.RGB),
     "input_size": s.list_of(s.integer(1), length=2), "data": s.text(), "data_format": s.text(),
     "seed": s.integer(0), "epochs": s.integer(1), "batch_size": s.integer(1),
-    "learning_rate": s.number(above=0), "class_weighting": s.text(),
+    "learning_rate": s.number(above=0), "class_weighting": s.text(*WEIGHT_METHODS),
     "mean": s.list_of(s.number(), length=3), "std": s.list_of(s.number(above=0), length=3),
     "init_from": s.optional(s.text()), "freeze_encoder_epochs": s.integer(0),
     "labels_fraction": s.number(above=0, high=1), "logit_adjustment": s.boolean, "extra": s.dict_of(s.anything),
@@ -246,3 +249,9 @@ def load_keras_model(path: Path, compile: bool = False):
         return keras.saving.load_model(path, compile=compile)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise EdgesegError(f"{path}: cannot load Keras model ({str(exc).splitlines()[0]})") from None
+
+
+def load_run_model(run_dir: Path):
+    """A run's best Keras model and its config."""
+    cfg = RunConfig.load(run_dir)
+    return load_keras_model(Path(run_dir) / BEST_MODEL), cfg

@@ -18,11 +18,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .choices import STRATEGIES
 from .data.groups import counts, overlap_warning
 from .data.pipeline import AUGMENTS, class_weights, make_dataset
 from .data.readers import DatasetSpec, load_valid, open_dataset
 from .encoder import init_encoder, set_encoder_trainable
-from .evaluate import evaluate_arrays
+from .evaluate import evaluate
+from .keras_runner import KerasRunner, keras_runner
 from .logit_adjust import fold_offsets, logit_offsets, scores_by_alpha
 from .metrics import SegmentationScores
 from .model import build_model
@@ -41,8 +43,6 @@ from .rundir import (
     write_state,
 )
 from .runtime.errors import EdgesegError
-
-STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclass
@@ -310,8 +310,8 @@ def train(
                "val_pixel_accuracy": ""}
         save_atomic(run_dir / CHECKPOINTS / f"epoch_{epoch:03d}.keras", model.save)
         if val_arrays:
-            scores = evaluate_arrays(
-                keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
+            with keras_runner(model, cfg, checkpoint_path(run_dir, epoch)) as runner:
+                scores = evaluate(runner, val_arrays, cfg.classes)
             row.update(val_miou=round(scores.miou, 6), val_pixel_accuracy=round(scores.pixel_accuracy, 6))
             if scores.miou > best:
                 best, best_epoch = scores.miou, epoch
@@ -362,8 +362,9 @@ HELDOUT = "heldout.json"
 def score_heldout(run_dir: Path, cfg: RunConfig, heldout: Pairs) -> dict:
     """Score the run's final model on its held-out groups once (they took no part in training or in picking
     the epoch and adjustment) and write `heldout.json`; returns the summary kept in the run's state."""
-    model = load_keras_model(Path(run_dir) / BEST_MODEL)
-    scores = evaluate_arrays(keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), heldout, cfg.classes)
+    path = Path(run_dir) / BEST_MODEL
+    with keras_runner(load_keras_model(path), cfg, path) as runner:
+        scores = evaluate(runner, heldout, cfg.classes)
     record = {"miou": scores.miou, "groups": list(cfg.holdout_groups), "num_images": len(heldout),
               "method": "holdout-groups", "scores": scores.to_dict()}
     atomic_write_text(Path(run_dir) / HELDOUT, json.dumps(record, indent=2) + "\n")
@@ -385,65 +386,33 @@ def adjust_logits(run_dir: Path, cfg: RunConfig, best_epoch: int, weights: np.nd
     trained model is kept (folding is approximate where the upsampling mixes classes). Returns the record
     kept in the run's state: alpha (0: none helped, model kept as trained) and val mIoU before and after.
     """
-    model = load_keras_model(checkpoint_path(run_dir, best_epoch))
-    if cfg.logit_alpha is not None:
-        return _fixed_adjustment(run_dir, cfg, model, weights, val_arrays)
-    scores = scores_by_alpha(keras_logits_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, weights,
-                             cfg.classes)
-    trained = scores[0.0]
-    classifier = model.get_layer("classifier")
-    trained_weights = classifier.get_weights()
-    for alpha in sorted(scores, key=lambda a: -scores[a].miou):
-        if scores[alpha].miou <= trained.miou:
-            break
-        classifier.set_weights(trained_weights)
-        fold_offsets(model, logit_offsets(weights, alpha))
-        adjusted = evaluate_arrays(keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std), val_arrays, cfg.classes)
-        if adjusted.miou > trained.miou:
-            _save_best(run_dir, model, adjusted)
-            return {"alpha": alpha, "val_miou_trained": trained.miou, "val_miou": adjusted.miou}
+    path = checkpoint_path(run_dir, best_epoch)
+    model = load_keras_model(path)
+    with keras_runner(model, cfg, path) as runner:
+        if cfg.logit_alpha is not None:
+            return _fixed_adjustment(run_dir, runner, weights, val_arrays, cfg)
+        scores = scores_by_alpha(runner.logits, val_arrays, weights, cfg.classes)
+        trained = scores[0.0]
+        classifier = model.get_layer("classifier")
+        trained_weights = classifier.get_weights()
+        for alpha in sorted(scores, key=lambda a: -scores[a].miou):
+            if scores[alpha].miou <= trained.miou:
+                break
+            classifier.set_weights(trained_weights)
+            fold_offsets(model, logit_offsets(weights, alpha))
+            adjusted = evaluate(runner, val_arrays, cfg.classes)
+            if adjusted.miou > trained.miou:
+                _save_best(run_dir, model, adjusted)
+                return {"alpha": alpha, "val_miou_trained": trained.miou, "val_miou": adjusted.miou}
     return {"alpha": 0.0, "val_miou_trained": trained.miou, "val_miou": trained.miou}
 
 
-def _fixed_adjustment(run_dir: Path, cfg: RunConfig, model: keras.Model, weights: np.ndarray,
-                      val_arrays: Pairs) -> dict:
+def _fixed_adjustment(run_dir: Path, runner: KerasRunner, weights: np.ndarray, val_arrays: Pairs,
+                      cfg: RunConfig) -> dict:
     """Fold the configured strength `cfg.logit_alpha` into the best model, without choosing it on data."""
     alpha = float(cfg.logit_alpha or 0.0)
-    label_fn = keras_label_fn(model, cfg.input_size, cfg.mean, cfg.std)
-    trained = evaluate_arrays(label_fn, val_arrays, cfg.classes).miou if val_arrays else None
-    fold_offsets(model, logit_offsets(weights, alpha))
-    save_atomic(run_dir / BEST_MODEL, model.save)
-    adjusted = evaluate_arrays(label_fn, val_arrays, cfg.classes).miou if val_arrays else None
+    trained = evaluate(runner, val_arrays, cfg.classes).miou if val_arrays else None
+    fold_offsets(runner.model, logit_offsets(weights, alpha))
+    save_atomic(run_dir / BEST_MODEL, runner.model.save)
+    adjusted = evaluate(runner, val_arrays, cfg.classes).miou if val_arrays else None
     return {"alpha": alpha, "fixed": True, "val_miou_trained": trained, "val_miou": adjusted}
-
-
-def keras_logits_fn(model: keras.Model, input_size: tuple[int, int], mean, std) -> Callable[[np.ndarray], np.ndarray]:
-    """RGB uint8 frame -> float32 logits (H x W x classes) at the model's input size, through the runtime's resize."""
-    from .runtime.preprocess import normalize, resize_rgb
-
-    @tf.function(reduce_retracing=True)
-    def forward(x):
-        return model(x, training=False)
-
-    def logits(rgb: np.ndarray) -> np.ndarray:
-        return forward(tf.constant(normalize(resize_rgb(rgb, *input_size), mean, std)[None])).numpy()[0]
-
-    return logits
-
-
-def keras_label_fn(model: keras.Model, input_size: tuple[int, int], mean, std) -> Callable[[np.ndarray], np.ndarray]:
-    """RGB uint8 frame -> label map at the frame's size, through the runtime's resize."""
-    from .runtime.preprocess import resize_labels
-
-    logits = keras_logits_fn(model, input_size, mean, std)
-
-    def predict(rgb: np.ndarray) -> np.ndarray:
-        return resize_labels(np.argmax(logits(rgb), axis=-1).astype(np.uint8), rgb.shape[0], rgb.shape[1])
-
-    return predict
-
-
-def load_run_model(run_dir: Path) -> tuple[keras.Model, RunConfig]:
-    cfg = RunConfig.load(run_dir)
-    return load_keras_model(Path(run_dir) / BEST_MODEL), cfg
-

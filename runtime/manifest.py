@@ -54,15 +54,28 @@ class OutputSpec:
 
 
 @dataclass
+class ModelSpec:
+    """What a runner needs besides the model file: what the model takes and returns, and its precision."""
+
+    input: InputSpec
+    output: OutputSpec
+    precision: str = "fp32"
+
+
+@dataclass
 class Artifact:
     """One model file in a bundle and how to run it."""
 
     file: str
-    backend: str  # "litert", "onnxruntime", "tensorrt" or "keras"
+    backend: str  # "litert", "onnxruntime" or "tensorrt"
     precision: str  # "fp32", "fp16" or "int8"
     input: InputSpec
     output: OutputSpec
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.input, self.output, self.precision)
 
 
 @dataclass

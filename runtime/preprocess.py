@@ -4,6 +4,8 @@ One definition of "what the model sees", so calibration, evaluation and the live
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import cv2
 import numpy as np
 
@@ -23,8 +25,8 @@ def normalize(rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) 
     return (rgb.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def to_model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """An RGB uint8 HxWx3 frame to the batch tensor an artifact takes (batch of 1)."""
+def _model_array(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """An RGB uint8 HxWx3 frame as one item of an artifact's input batch (no batch axis)."""
     x = resize_rgb(rgb, spec.height, spec.width)
     if spec.dtype == "uint8":
         arr = np.ascontiguousarray(x)
@@ -32,11 +34,19 @@ def to_model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
         arr = x.astype(np.float32)
     else:
         arr = normalize(x, spec.mean, spec.std)
-    if spec.dtype == "float16":
-        arr = arr.astype(np.float16)
-    if spec.layout == "NCHW":
-        arr = arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr[None])
+    return arr.transpose(2, 0, 1) if spec.layout == "NCHW" else arr
+
+
+def model_batches(frames: Sequence[np.ndarray], spec: InputSpec) -> Iterator[np.ndarray]:
+    """Frames as the input batches of an artifact (the last batch filled up by cycling from the start)."""
+    for start in range(0, len(frames), spec.batch):
+        group = [frames[(start + i) % len(frames)] for i in range(spec.batch)]
+        yield np.ascontiguousarray(np.stack([_model_array(frame, spec) for frame in group]))
+
+
+def to_model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """An RGB uint8 HxWx3 frame to the batch tensor an artifact takes (the frame first, repeated to fill it)."""
+    return next(model_batches([rgb], spec))
 
 
 def labels_from_output(out: np.ndarray, kind: str, layout: str) -> np.ndarray:

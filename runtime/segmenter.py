@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .backends.base import load_runner
+from .backends.base import runner_for
+from .manifest import read_manifest, resolve_bundle
 from .preprocess import resize_labels, resize_rgb
 from .render import Renderer
 
@@ -31,8 +32,9 @@ class Segmenter:
 
     def __init__(self, bundle: str | os.PathLike[str], *, artifact: str | None = None,
                  threads: int | None = None, alpha: float = 0.5):
-        self.runner = load_runner(bundle, artifact=artifact, threads=threads)
-        self.manifest = self.runner.manifest
+        folder = resolve_bundle(bundle)
+        self.manifest = read_manifest(folder)
+        self.runner = runner_for(folder, self.manifest.artifact(artifact), threads=threads)
         self.renderer = Renderer(self.classes, self.manifest.palette, alpha=alpha, legend=False)
 
     @property
@@ -52,7 +54,7 @@ class Segmenter:
     def warmup(self, runs: int = 2) -> Self:
         """Load the model and run it `runs` times on a blank frame, so that the first frames of a live
         source are not slow (and dropped)."""
-        spec = self.runner.artifact.input
+        spec = self.runner.spec.input
         blank = np.zeros((spec.height, spec.width, 3), np.uint8)
         for _ in range(runs):
             self.segment(blank)
@@ -69,7 +71,7 @@ class Segmenter:
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """A BGR frame to the model's input batch (resized first, so the colour swap is cheap)."""
-        spec = self.runner.artifact.input
+        spec = self.runner.spec.input
         small = resize_rgb(image, spec.height, spec.width)
         return self.runner.preprocess(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
 

@@ -14,8 +14,9 @@ it went live (FFmpeg reads ~2 s of an RTSP stream while opening it, again on eac
 and counted apart (`backlog`), not as dropped. Files play as fast as they
 are read, or at their own frame rate with `realtime=True` (then like a live source). Every frame
 carries its index (gaps mean dropped frames) and its capture time (`time.perf_counter()`). An image
-that cannot be decoded is skipped and counted (`bad_frames`); `MAX_BAD_FRAMES` in a row stop the source
-with an error naming the file.
+or video frame that cannot be decoded is skipped and counted (`bad_frames`); `MAX_BAD_FRAMES` in a row
+stop the source with an error naming the file. A video file's frame is undecodable when a read fails before
+the container's frame count is reached (a read at the end of the file fails too, but there).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ STREAM_SCHEMES = {"rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp"}
 #: FFmpeg open / read timeouts for network streams; a read that times out counts as a stall.
 STREAM_TIMEOUT_MS = 5000
 BACKOFF_S = (0.25, 4.0)
-#: Undecodable images in a row after which an image source gives up.
+#: Undecodable images or video frames in a row after which a file source gives up.
 MAX_BAD_FRAMES = 10
 #: A live stream's backlog ends once its last `BACKLOG_READS` reads waited one frame interval less than
 #: their number (a stream read live waits about one interval per frame), or after `BACKLOG_MAX_S`.
@@ -90,6 +91,8 @@ class Source(abc.ABC):
     """Frames from one URI. Iterate it, or `read()` until None; `close()` (or `with`) releases it."""
 
     live = False
+    #: A recording (video file, images): its undecodable frames are damage, not a stream's hiccups.
+    recorded = False
     #: Frames captured but never returned by `read()` (live sources only).
     dropped = 0
     #: Frames a live source had buffered before it went live (on start or reconnect), skipped.
@@ -175,7 +178,12 @@ class CaptureSource(Source):
         self._loop = loop
         self._reconnect = reconnect
         self._read_since_open = 0
+        self._failed_since_open = 0
         self._delay = BACKOFF_S[0]
+        self.recorded = not reconnect
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if self.recorded else 0
+        #: Frames the file's container lists (0 where unknown): a read that fails before them is damage.
+        self._frame_count = max(count, 0)
 
     def read(self) -> Frame | None:
         while not self._closing.is_set():
@@ -185,10 +193,15 @@ class CaptureSource(Source):
                 self._read_since_open += 1
                 self._delay = BACKOFF_S[0]
                 return self._frame(image)
+            position = self._read_since_open + self._failed_since_open
+            if self._cap is not None and position < self._frame_count:
+                self._failed_since_open += 1
+                self._skip_bad_frame(f"{self.uri}: frame {position + 1} of {self._frame_count} cannot be decoded")
+                continue
             retry = self._reconnect or (self._loop and self._read_since_open > 0)
             if self._closing.is_set() or not retry or not self._reopen():
                 return None
-            self._read_since_open = 0
+            self._read_since_open = self._failed_since_open = 0
         return None
 
     def _reopen(self) -> bool:
@@ -224,6 +237,8 @@ class CaptureSource(Source):
 
 class ImageSequenceSource(Source):
     """Image files in order (a folder, a glob or one image)."""
+
+    recorded = True
 
     def __init__(self, uri: str, paths: list[Path], *, fps: float | None = None, flip: int = 0,
                  loop: bool = False):
@@ -305,6 +320,10 @@ class LatestFrameSource(Source):
     @property  # type: ignore[override]
     def bad_frames(self) -> int:
         return self._inner.bad_frames
+
+    @property  # type: ignore[override]
+    def recorded(self) -> bool:
+        return self._inner.recorded
 
     def _run(self) -> None:
         start = time.perf_counter()

@@ -1,42 +1,22 @@
 """Thread-safe run statistics: frame counters, per-stage times and capture-to-display latency.
 
-Times are in milliseconds. Percentiles cover the whole run (its last `history` frames); the live
-view (`live()`, for the web page and the on-frame text) covers the last `window` frames.
+Times are in milliseconds; each stage's and the latency's are reported as a `timing.Latency`. They cover
+the whole run (its last `history` frames); the live view (`live()`, for the web page and the on-frame
+text) covers the last `window` frames.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
 import numpy as np
 
+from .timing import latency_dict
+
 LATENCY = "latency"
-
-
-def percentiles(samples: Any) -> dict[str, float]:
-    """p50/p90/p99 and mean of a sequence of times in ms (empty dict when there are none)."""
-    arr = np.asarray(samples, dtype=np.float64)
-    if arr.size == 0:
-        return {}
-    p50, p90, p99 = np.percentile(arr, (50, 90, 99))
-    return {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
-            "p99_ms": round(float(p99), 3), "mean_ms": round(float(arr.mean()), 3)}
-
-
-def time_calls(call: Callable[[], object], warmup: int, runs: int) -> np.ndarray:
-    """Milliseconds of each of `runs` calls of `call`, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        call()
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        call()
-        times[i] = (time.perf_counter() - start) * 1000.0
-    return times
 
 
 def _tail(series: deque[float], n: int) -> list[float]:
@@ -116,7 +96,7 @@ class Stats:
             samples = {k: _tail(v, last) if last else list(v) for k, v in self._samples.items()}
         latency = samples.pop(LATENCY, [])
         return {**counters, "elapsed_s": round(self.elapsed, 3),
-                "stages": {k: percentiles(v) for k, v in samples.items()}, "latency": percentiles(latency)}
+                "stages": {k: latency_dict(v) for k, v in samples.items()}, "latency": latency_dict(latency)}
 
     def summary(self) -> dict[str, Any]:
         """The whole run: counters, mean FPS, per-stage and latency percentiles."""

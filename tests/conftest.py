@@ -19,6 +19,24 @@ def synth_data(tmp_path_factory) -> Path:
     return generate_synthetic(tmp_path_factory.mktemp("data") / "synth", num=96, size=(96, 128), seed=0)
 
 
+@pytest.fixture(scope="session")
+def config_only_run(tmp_path_factory) -> dict[str, Path]:
+    """`data`: 4 synthetic images of 32x48; `run`: a run folder holding only its `config.json` (nothing
+    trained; what a command checks before any work). Written with modules a runtime-only install has."""
+    from edgeseg.data.readers import open_dataset
+    from edgeseg.data.synth import generate_synthetic
+    from edgeseg.rundir import RunConfig
+
+    root = tmp_path_factory.mktemp("config_only")
+    data = generate_synthetic(root / "data", num=4, size=(32, 48), seed=0)
+    spec = open_dataset(data, "train")
+    run = root / "run"
+    run.mkdir()
+    RunConfig(model="fcn-tiny", classes=spec.classes, palette=spec.palette, input_size=(32, 48), data=str(data),
+              data_format=spec.format, epochs=1).save(run)
+    return {"data": data, "run": run}
+
+
 def _train(data: Path, run_dir: Path, **settings) -> Path:
     """fcn-tiny trained on `data` into `run_dir` with these RunConfig `settings`."""
     from edgeseg.data.readers import open_dataset

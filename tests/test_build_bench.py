@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+#: The one latency schema: bench JSON rows and report.json alike (and demo stats).
+LATENCY_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "fps"}
 
 
 def _edgeseg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -113,7 +115,8 @@ def test_build_cpu_end_to_end(cpu_build) -> None:
     assert report["model"]["params"] > 0 and report["model"]["macs"] > 0
     for name in ("fp32", "int8"):
         art = report["artifacts"][name]
-        assert 0 <= art["miou"] <= 1 and art["bytes"] > 0 and art["latency_ms"]["p50"] > 0
+        assert 0 <= art["miou"] <= 1 and art["bytes"] > 0
+        assert set(art["latency"]) == LATENCY_KEYS and 0 < art["latency"]["p50_ms"] <= art["latency"]["p99_ms"]
         assert set(art["per_class_iou"]) == set(manifest["classes"])
     assert report["comparison"]["drop_points"] == manifest["evaluation"]["comparison"]["drop_points"]
     assert "| int8 | litert | int8 |" in (bundle / "report.md").read_text()
@@ -158,9 +161,9 @@ def test_bench_two_bundles_table_json_and_plot(cpu_build, tiny_bundle: Path, tmp
     assert len(rows) == 5  # two artifacts per bundle and the Keras model
     for row in rows:
         assert set(row) == {"name", "format", "precision", "file", "bytes", "miou", "heldout_miou", "per_class_iou",
-                            "latency_ms", "fps", "threads", "skipped"}
-        assert row["skipped"] is None and 0 <= row["miou"] <= 1 and row["fps"] > 0
-        assert set(row["latency_ms"]) == {"p50", "p90", "p99"} and row["latency_ms"]["p50"] > 0
+                            "latency", "threads", "skipped"}
+        assert row["skipped"] is None and 0 <= row["miou"] <= 1
+        assert set(row["latency"]) == LATENCY_KEYS and row["latency"]["p50_ms"] > 0 and row["latency"]["fps"] > 0
         assert row["name"] in out.stdout
     assert {r["format"] for r in rows} == {"TFLite", "Keras"}
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

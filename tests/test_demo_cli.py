@@ -19,13 +19,15 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 import pytest
-from test_sources import decoded_frames, make_image, write_video
+from test_sources import damage_video, decoded_frames, failed_reads, make_image, write_video
 
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.sources import MAX_BAD_FRAMES
 from edgeseg.runtime.window import has_display
 
 DEMO = [sys.executable, "-m", "edgeseg.cli.app", "demo"]
+#: The one latency schema: each stage's and the capture-to-display latency (as in bench JSON and report.json).
+LATENCY_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "fps"}
 SUMMARY = re.compile(r"^(\d+) frames in [\d.]+ s: [\d.]+ FPS, latency p50 [\d.]+ ms, (\d+) dropped -> (.+)$")
 
 
@@ -50,7 +52,7 @@ def test_file_to_mp4_with_stats_json(tiny_bundle: Path, video: Path, tmp_path: P
     assert report["frames_in"] == report["frames_out"] == 16 and report["dropped"] == 0 and report["fps"] > 0
     assert set(report["stages"]) == {"capture", "preprocess", "infer", "postprocess", "render", "sink"}
     for times in (*report["stages"].values(), report["latency"]):
-        assert {"p50_ms", "p90_ms", "p99_ms"} <= set(times)
+        assert set(times) == LATENCY_KEYS
 
 
 def test_mask_mode_to_png_folder(tiny_bundle: Path, video: Path, tmp_path: Path) -> None:
@@ -192,17 +194,45 @@ def _frames_folder(path: Path, good: int, bad: dict[int, bytes]) -> Path:
     return path
 
 
-def test_bad_images_are_skipped_and_counted(tiny_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("accept", [False, True], ids=["damage-is-an-error", "skip-bad-frames"])
+def test_bad_images_are_skipped_and_counted(tiny_bundle: Path, tmp_path: Path, accept: bool) -> None:
     png = cv2.imencode(".png", make_image(0))[1].tobytes()
     frames = _frames_folder(tmp_path / "in", 8, {4: png[: len(png) // 2], 7: b"not an image"})
     out, stats = tmp_path / "out", tmp_path / "stats.json"
-    result = demo(tiny_bundle, "--source", frames, "--sink", f"{out}/", "--stats-json", stats)
-    assert result.returncode == 0, result.stderr
+    result = demo(tiny_bundle, "--source", frames, "--sink", f"{out}/", "--stats-json", stats,
+                  *(["--skip-bad-frames"] if accept else []))
     assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(8)]
     report = json.loads(stats.read_text())
-    assert report["frames_out"] == 8 and report["bad_frames"] == 2 and "error" not in report
+    assert report["frames_out"] == 8 and report["bad_frames"] == 2
     assert f"{frames / '004.png'}: cannot decode image; skipped" in result.stderr
     assert "Traceback" not in result.stderr
+    if accept:
+        assert result.returncode == 0 and "error" not in report, result.stderr
+    else:
+        assert result.returncode == 2
+        expected = f"{frames}: 2 undecodable frame(s) skipped (8 frames written)"
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {expected}"), result.stderr
+        assert report["error"].startswith(expected)
+
+
+@pytest.mark.parametrize("accept", [False, True], ids=["damage-is-an-error", "skip-bad-frames"])
+def test_a_damaged_video_is_not_a_success_unless_accepted(tiny_bundle: Path, tmp_path: Path,
+                                                          accept: bool) -> None:
+    clean = write_video(tmp_path / "clean.mp4", 60)
+    damaged = damage_video(clean, tmp_path / "damaged.mp4", range(1, MAX_BAD_FRAMES))
+    [bad] = failed_reads(damaged)
+    out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
+    result = demo(tiny_bundle, "--source", damaged, "--sink", out, "--stats-json", stats,
+                  *(["--skip-bad-frames"] if accept else []))
+    assert "Traceback" not in result.stderr
+    assert len(decoded_frames(out)) == 60 - bad
+    report = json.loads(stats.read_text())
+    assert report["frames_out"] == 60 - bad and report["bad_frames"] == bad
+    assert result.returncode == (0 if accept else 2), result.stderr
+    if not accept:
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: {damaged}: {bad} undecodable frame(s) skipped ({60 - bad} frames written); "
+            "pass --skip-bad-frames to accept a damaged input")
 
 
 def test_stats_json_is_written_when_the_run_fails(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -81,8 +81,8 @@ def test_groups_from_names_yaml_and_flag(grouped: Path, tmp_path: Path) -> None:
 
 
 def test_run_config_names_every_augmentation_recipe() -> None:
+    from edgeseg.choices import AUGMENT_NAMES
     from edgeseg.data.pipeline import AUGMENTS
-    from edgeseg.rundir import AUGMENT_NAMES
 
     assert tuple(AUGMENTS) == AUGMENT_NAMES
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeseg.evaluate import evaluate_arrays
+from edgeseg.evaluate import Tally
 from edgeseg.metrics import SegmentationScores, confusion_matrix, per_class_iou
 
 IGNORE = 255
@@ -85,12 +85,10 @@ def test_split_score_pools_one_confusion_matrix_not_mean_of_images() -> None:
     # Image A: all class 0, predicted right (per-image mIoU 1). Image B: target [0,1,1,1],
     # predicted all 0 (per-image mIoU (1/4 + 0)/2). Pooled cm = [[5, 0], [3, 0]]:
     # IoU_0 = 5 / (5 + 8 - 5) = 5/8, IoU_1 = 0 -> mIoU 5/16 (the mean of per-image mIoUs is 9/16).
-    def frame(pred):  # the "image" carries the prediction in its first channel
-        return np.repeat(np.asarray(pred, np.uint8)[..., None], 3, axis=-1)
-
-    pairs = [(frame([[0, 0], [0, 0]]), np.array([[0, 0], [0, 0]], np.uint8)),
-             (frame([[0, 0], [0, 0]]), np.array([[0, 1], [1, 1]], np.uint8))]
-    scores = evaluate_arrays(lambda rgb: rgb[..., 0], pairs, ["a", "b"])
+    tally = Tally(["a", "b"])
+    tally.add(np.array([[0, 0], [0, 0]], np.uint8), np.array([[0, 0], [0, 0]], np.uint8))
+    tally.add(np.array([[0, 0], [0, 0]], np.uint8), np.array([[0, 1], [1, 1]], np.uint8))
+    scores = tally.scores()
     assert scores.num_images == 2
     assert scores.miou == pytest.approx(5 / 16)
     assert scores.pixel_accuracy == pytest.approx(5 / 8)

@@ -146,5 +146,5 @@ def test_missing_tensorflow_is_a_one_line_error(tmp_path: Path) -> None:
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: edgeseg train needs TensorFlow here, which is not installed (pip install 'edgeseg[train]', "
-        "Python >= 3.9)"], proc.stderr
+        "error: edgeseg train needs the training extra: pip install 'edgeseg[train]'"], proc.stderr
+    assert not (tmp_path / "run").exists()

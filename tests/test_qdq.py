@@ -15,10 +15,10 @@ import pytest
 from test_onnx_export import random_deploy_model
 
 from edgeseg.converters.onnx import convert_onnx_fp16, export_onnx
-from edgeseg.converters.onnx_qdq import CALIB_METHODS, miou_score_fn, quantize_qdq
+from edgeseg.converters.onnx_qdq import CALIB_METHODS, miou_scorer, quantize_qdq
 from edgeseg.converters.trt_conformance import check_bundle, check_onnx
 from edgeseg.runtime.backends.base import load_runner
-from edgeseg.runtime.backends.onnxrt import ort_session
+from edgeseg.runtime.backends.onnxrt import OnnxRuntimeRunner, ort_session
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.manifest import Manifest, staging_dir, write_bundle
 from edgeseg.runtime.preprocess import resize_rgb, to_model_input
@@ -53,7 +53,7 @@ def models(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("qdq")
     fp32 = export_onnx(random_deploy_model(), out / "model.fp32.onnx")
     reference = labels_of(out / "model.fp32.onnx", data["frames"], fp32.input)
-    score = miou_score_fn(data["frames"], reference, num_classes=6)
+    score = miou_scorer(list(zip(data["frames"], reference)), [f"c{i}" for i in range(6)])
     int8, scores = quantize_qdq(out / "model.fp32.onnx", out / "model.int8.onnx", data["calib"], "auto",
                                 score)
     return {"dir": out, "fp32": fp32, "int8": int8, "scores": scores, "score": score, "reference": reference}
@@ -140,9 +140,10 @@ def test_fp32_labels_are_varied(models):
     assert (share > 0.01).sum() >= 3 and share.max() < 0.9  # else agreement would prove nothing
 
 
-def test_int8_agrees_with_fp32(models, data, bundle):
+def test_int8_agrees_with_fp32(models, data):
     assert models["score"](models["dir"] / "model.int8.onnx") > MIN_MIOU_VS_FP32
-    with load_runner(bundle, "onnx-fp32", threads=1) as a, load_runner(bundle, "onnx-int8", threads=1) as b:
+    fp32, int8 = (models["dir"] / f"model.{p}.onnx" for p in ("fp32", "int8"))  # runners straight from the files
+    with OnnxRuntimeRunner(fp32, models["fp32"].spec, 1) as a, OnnxRuntimeRunner(int8, models["int8"].spec, 1) as b:
         agree = [(a.predict(frame) == b.predict(frame)).mean() for frame in data["frames"]]
     assert np.mean(agree) > MIN_AGREEMENT
 

@@ -393,7 +393,7 @@ def test_bench_skips_an_artifact_this_machine_cannot_run(ws: Workspace, capsys) 
     result = edgeseg(capsys, "bench", bundle, "--runs", "2", "--warmup", "0", "--json", ws.tmp / "b.json")
     assert result.code == 0, result.err
     rows = {r["name"]: r for r in json.loads((ws.tmp / "b.json").read_text())}
-    assert rows["b:trt"]["skipped"] and rows["b:fp32"]["skipped"] is None and rows["b:int8"]["fps"] > 0
+    assert rows["b:trt"]["skipped"] and rows["b:fp32"]["skipped"] is None and rows["b:int8"]["latency"]["fps"] > 0
     assert "benchmarked 2 artifacts (1 skipped)" in result.out
 
 

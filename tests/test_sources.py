@@ -1,6 +1,7 @@
 """Frame sources: files, image folders, globs, pacing, flips, errors and reconnecting streams."""
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -44,6 +45,33 @@ def write_video(path: Path, frames: int, fps: float = 25.0) -> Path:
         writer.write(make_image(i))
     writer.release()
     return path
+
+
+def failed_reads(path: Path) -> list[int]:
+    """Lengths of the runs of failed reads OpenCV meets before the container's frame count."""
+    cap = cv2.VideoCapture(str(path))
+    count, position, runs, run = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0, [], 0
+    while position < count:
+        ok, _ = cap.read()
+        position += 1
+        if ok and run:
+            runs.append(run)
+        run = 0 if ok else run + 1
+    return runs + ([run] if run else [])
+
+
+def damage_video(clean: Path, out: Path, bad_in_a_row: range) -> Path:
+    """A copy of `clean` with zeroed bytes where OpenCV then fails one run of reads of a length in
+    `bad_in_a_row` (found by trying places and sizes: what a codec build fails on varies)."""
+    data = clean.read_bytes()
+    for size in (1000, 2000, 4000, 8000, 16000):
+        for at in np.linspace(0.3, 0.7, 9):
+            start = int(len(data) * at)
+            out.write_bytes(data[:start] + bytes(size) + data[start + size:])
+            runs = failed_reads(out)
+            if len(runs) == 1 and runs[0] in bad_in_a_row:
+                return out
+    raise AssertionError(f"no damage of {clean} gives one run of {bad_in_a_row} failed reads")
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +306,26 @@ def test_undecodable_images_are_skipped_and_counted(image_dir: Path, tmp_path: P
     assert [f.index for f in frames] == list(range(6))
     for frame, image in zip(frames, expected):
         np.testing.assert_array_equal(frame.image, image)
+
+
+def test_undecodable_video_frames_are_skipped_and_counted(tmp_path: Path) -> None:
+    clean = write_video(tmp_path / "clean.mp4", 60)
+    damaged = damage_video(clean, tmp_path / "damaged.mp4", range(1, sources.MAX_BAD_FRAMES))
+    [bad] = failed_reads(damaged)
+    source = open_source(damaged)
+    frames = list(source)
+    assert source.recorded and source.bad_frames == bad and len(frames) == 60 - bad
+    assert [f.index for f in frames] == list(range(60 - bad))
+    clean_source = open_source(clean)
+    assert len(list(clean_source)) == 60 and clean_source.bad_frames == 0
+
+
+def test_a_long_run_of_undecodable_video_frames_stops_the_source(tmp_path: Path) -> None:
+    clean = write_video(tmp_path / "clean.mp4", 60)
+    damaged = damage_video(clean, tmp_path / "damaged.mp4", range(sources.MAX_BAD_FRAMES, 60))
+    with pytest.raises(EdgesegError, match=f"{sources.MAX_BAD_FRAMES} undecodable frames in a row") as info:
+        list(open_source(damaged))
+    assert re.match(rf"{re.escape(str(damaged))}: frame \d+ of 60 cannot be decoded", str(info.value))
 
 
 def test_too_many_bad_images_in_a_row_stop_the_source(image_dir: Path, tmp_path: Path) -> None:

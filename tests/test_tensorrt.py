@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeseg.converters.tensorrt import compile_bundle, trtexec_command
-from edgeseg.runtime.backends.base import load_runner
+from edgeseg.runtime.backends.base import load_runner, runner_for
 from edgeseg.runtime.backends.tensorrt import (
     TensorRTRunner,
     check_engine_target,
@@ -26,6 +26,7 @@ from edgeseg.runtime.manifest import (
     Artifact,
     InputSpec,
     Manifest,
+    ModelSpec,
     OutputSpec,
     read_manifest,
     staging_dir,
@@ -91,9 +92,9 @@ def test_no_gpu_is_a_one_line_error():
 
 def test_runner_activation_fails_cleanly(tmp_path):
     """Without a GPU (or TensorRT, or with a bogus engine) activating is a one-line error."""
-    art = Artifact("tensorrt-int8.engine", "tensorrt", "int8", SPEC, OUT)
-    bundle = make_bundle(tmp_path / "b", {"tensorrt-int8.engine": b"not an engine"}, {"trt": art}, "trt")
-    runner = load_runner(bundle)
+    engine = tmp_path / "tensorrt-int8.engine"
+    engine.write_bytes(b"not an engine")
+    runner = TensorRTRunner(engine, ModelSpec(SPEC, OUT, "int8"))
     with pytest.raises(EdgesegError) as exc:
         runner.activate()
     one_line(exc)
@@ -203,7 +204,7 @@ def test_engine_moved_to_another_target_is_refused(gpu_bundle, tmp_path):
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "tensorrt": "0.0.0"}))
     manifest = read_manifest(copy, verify=False)  # the sidecar no longer matches its checksum
     with pytest.raises(EdgesegError, match="rebuild with `edgeseg compile"):
-        TensorRTRunner(copy, manifest, manifest.artifacts["tensorrt-int8"]).activate()
+        runner_for(copy, manifest.artifacts["tensorrt-int8"]).activate()
 
 
 @pytest.mark.gpu

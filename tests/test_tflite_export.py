@@ -24,8 +24,8 @@ def _report(bundle: Path, artifact: str) -> tflite.TFLiteReport:
 
 
 def _runner(bundle: Path, artifact: str) -> LiteRTRunner:
-    manifest = read_manifest(bundle)
-    return LiteRTRunner(bundle, manifest, manifest.artifacts[artifact]).activate()
+    art = read_manifest(bundle).artifacts[artifact]
+    return LiteRTRunner(bundle / art.file, art.spec).activate()
 
 
 def _val_pairs(data: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -60,7 +60,7 @@ def calibrated(tiny_run: Path, synth_data: Path) -> bytes:
     from edgeseg.calibration.frames import choose_calibration
     from edgeseg.data import open_dataset
     from edgeseg.deploy import deploy_model
-    from edgeseg.train import load_run_model
+    from edgeseg.rundir import load_run_model
 
     model, cfg = load_run_model(tiny_run)
     deploy = deploy_model(model, cfg.model, cfg.num_classes, cfg.input_size, cfg.mean, cfg.std, "logits")
@@ -143,7 +143,7 @@ def test_float_layers_option_keeps_the_layer_float_and_passes(debug_export) -> N
 
 
 def _keras_layer_names(tiny_run: Path) -> set[str]:
-    from edgeseg.train import load_run_model
+    from edgeseg.rundir import load_run_model
 
     model, _ = load_run_model(tiny_run)
     return {layer.name for layer in model.layers}
@@ -239,8 +239,8 @@ def test_fp32_and_int8_artifacts_agree(learnt) -> None:
 
 
 def test_uint8_int8_model_matches_keras_on_normalised_floats(learnt) -> None:
+    from edgeseg.rundir import load_run_model
     from edgeseg.runtime.preprocess import normalize, resize_rgb
-    from edgeseg.train import load_run_model
 
     data, run, bundle = learnt
     model, cfg = load_run_model(run)
@@ -256,6 +256,33 @@ def test_uint8_int8_model_matches_keras_on_normalised_floats(learnt) -> None:
     assert np.mean(agree) >= AGREEMENT and min(agree) >= 0.9
     # Logits themselves: mean error within 3% of their spread.
     assert np.mean(errors) <= 0.03 * np.mean(spans), (np.mean(errors), np.mean(spans))
+
+
+def test_keras_and_tflite_runners_score_alike_through_evaluate(learnt, tmp_path: Path) -> None:
+    """A TFLite file converted here (no bundle) and the Keras model it came from, each run by its runner
+    and scored side by side by the one `evaluate`; `time_runner` reports the one latency schema."""
+    from edgeseg.deploy import deploy_model
+    from edgeseg.evaluate import evaluate
+    from edgeseg.keras_runner import KerasRunner, keras_spec
+    from edgeseg.rundir import BEST_MODEL, load_run_model
+    from edgeseg.runtime.timing import time_runner
+
+    data, run, _ = learnt
+    model, cfg = load_run_model(run)
+    path = tmp_path / "model.tflite"
+    deploy = deploy_model(model, cfg.model, cfg.num_classes, cfg.input_size, cfg.mean, cfg.std)
+    path.write_bytes(tflite.convert_float(deploy, "fp32"))
+    pairs = _val_pairs(data)
+    with KerasRunner(model, keras_spec(cfg), run / BEST_MODEL) as keras_runner, \
+            LiteRTRunner(path, keras_spec(cfg, folded=True), threads=1) as tflite_runner:
+        assert (keras_runner.name, tflite_runner.name) == ("keras-fp32", "litert-fp32")
+        scores = evaluate({"keras": keras_runner, "tflite": tflite_runner}, pairs, cfg.classes)
+        latency = time_runner(tflite_runner, warmup=1, runs=5)
+    assert scores["keras"].num_images == scores["tflite"].num_images == len(pairs)
+    assert scores["keras"].miou > 0.3
+    assert scores["tflite"].miou == pytest.approx(scores["keras"].miou, abs=0.01)
+    assert set(latency.to_dict()) == {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "fps"}
+    assert 0 < latency.p50_ms <= latency.p90_ms <= latency.p99_ms and latency.fps > 0
 
 
 def test_tiny_bundle_fp32_and_int8_labels_agree(tiny_bundle: Path, synth_data: Path) -> None:

@@ -12,6 +12,12 @@ from .. import __version__
 from ..console import quiet
 from ..runtime.errors import EdgesegError
 from . import commands
+from .training_extra import missing_module_message
+
+try:  # typer vendors click from 0.2x on
+    from typer._click import exceptions as click_exceptions
+except ImportError:
+    from click import exceptions as click_exceptions
 
 app = typer.Typer(
     help="edgeseg: train, quantize, compile and run real-time semantic segmentation at the edge.",
@@ -40,8 +46,6 @@ def _root(
 commands.register(app)
 
 
-#: Commands that import TensorFlow (the others run on a device with the runtime alone).
-TF_COMMANDS = {"train", "export", "eval", "build", "bench", "pretrain"}
 #: Commands that always need TensorFlow >= 2.16, hence Python >= 3.9 (`eval` and `bench` of a bundle do not).
 TRAINING_COMMANDS = {"train", "pretrain", "export", "build"}
 
@@ -54,20 +58,17 @@ def require_training_python(command: str, version: Tuple[int, int]) -> None:
                            "bundle run")
 
 
-def _import_training_libraries(verbose: bool) -> None:
-    """Import TensorFlow and Keras up front (under `quiet()`, their start-up lines go to the log); without
-    --verbose, Keras' printed messages go to `logging` (and so to the log) too."""
-    try:
-        import keras
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return
-    if not verbose:
-        keras.config.disable_interactive_logging()
+def usage_error(exc: click_exceptions.ClickException) -> str:
+    """A command-line error as one line: the command, then click's message (which names the option and,
+    for a choice, the values it takes)."""
+    where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "edgeseg"
+    message = " ".join(exc.format_message().split()).replace("Value error, ", "")  # typer's validation prefix
+    return f"{where}: {message}"
 
 
 def main() -> None:
-    """Entry point: user errors are one line on stderr and a non-zero exit, never a traceback."""
+    """Entry point: user errors, command-line ones included, are one line on stderr and a non-zero exit,
+    never a traceback or a usage box. Options are parsed and checked before anything is imported or read."""
     args = sys.argv[1:]
     command = next((a for a in args if not a.startswith("-")), None)
     verbose = "--verbose" in args[:args.index(command) if command else len(args)]
@@ -77,22 +78,26 @@ def main() -> None:
     try:
         require_training_python(command or "", sys.version_info[:2])
         with quiet(not verbose):
-            if command in TF_COMMANDS and "--help" not in args:
-                _import_training_libraries(verbose)
-            app()
+            code = app(standalone_mode=False)
+    except click_exceptions.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `edgeseg` or `edgeseg data` alone: the help
+            exc.show()
+        else:
+            typer.echo(f"error: {usage_error(exc)}", err=True)
+        sys.exit(exc.exit_code)
     except EdgesegError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except ModuleNotFoundError as exc:
-        if exc.name not in ("tensorflow", "keras"):
+        if not exc.name or exc.name.split(".")[0] == "edgeseg":  # a bug, not an install without an extra
             raise
-        typer.echo(f"error: edgeseg {command} needs TensorFlow here, which is not installed "
-                   "(pip install 'edgeseg[train]', Python >= 3.9)", err=True)
+        typer.echo(f"error: {missing_module_message(command or '', exc.name)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 if __name__ == "__main__":
     main()

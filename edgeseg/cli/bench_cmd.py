@@ -1,6 +1,7 @@
 """`edgeseg bench`."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import List, Optional
 
@@ -9,23 +10,31 @@ from rich.console import Console
 from rich.table import Table
 
 from ..runtime.errors import EdgesegError
+from ..runtime.timing import RUNS, WARMUP
+from .training_extra import missing_module_message, require_training
 
 
 def bench(
     targets: List[str] = typer.Argument(..., help="Bundles (paths or shipped names like camvid) and run folders."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root for mIoU (left out: latency only)."),
+    data: Optional[Path] = typer.Option(None, "--data", exists=True, file_okay=False,
+                                        help="Dataset root for mIoU (left out: latency only)."),
     split: str = typer.Option("val", "--split"),
     threads: int = typer.Option(2, "--threads", help="CPU threads for every CPU backend."),
-    warmup: int = typer.Option(20, "--warmup", help="Untimed runs first."),
-    runs: int = typer.Option(200, "--runs", help="Timed runs per artifact."),
+    warmup: int = typer.Option(WARMUP, "--warmup", help="Untimed runs first."),
+    runs: int = typer.Option(RUNS, "--runs", help="Timed runs per artifact."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every row as JSON."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write accuracy-vs-latency and per-class IoU PNG."),
 ) -> None:
     """Compare artifacts side by side: format, precision, size, mIoU, latency p50/p90/p99 and FPS."""
     from ..bench import bench as run_bench
     from ..bench import check_options, plot, write_json
+    from ..rundir import is_run_folder
 
     check_options(threads, warmup, runs, has_data=data is not None, json_out=json_out, plot_out=plot_out)
+    if plot_out is not None and importlib.util.find_spec("matplotlib") is None:
+        raise EdgesegError(missing_module_message("bench", "matplotlib"))
+    if any(is_run_folder(Path(t)) for t in targets):
+        require_training("bench")
     pairs = None
     if data is not None:
         from ..data.readers import load_all, open_dataset
@@ -41,12 +50,11 @@ def bench(
             table.add_row(r.name, r.format, r.precision, f"{r.bytes / 1024:.1f}", "-", "-", "-", "-", "-",
                           f"skipped: {r.skipped}")
             continue
-        lat = r.latency_ms
+        lat = r.latency
         table.add_row(r.name, r.format, r.precision, f"{r.bytes / 1024:.1f}",
                       "-" if r.miou is None else f"{r.miou * 100:.2f}",
-                      "-" if r.heldout_miou is None else f"{r.heldout_miou * 100:.2f}", f"{lat['p50']:.2f}",
-                      f"{lat['p90']:.2f}",
-                      f"{lat['p99']:.2f}", f"{r.fps:.1f}")
+                      "-" if r.heldout_miou is None else f"{r.heldout_miou * 100:.2f}", f"{lat['p50_ms']:.2f}",
+                      f"{lat['p90_ms']:.2f}", f"{lat['p99_ms']:.2f}", f"{lat['fps']:.1f}")
     Console(width=None if Console().is_terminal else 160).print(table)
     typer.echo("held-out mIoU: recorded in the bundle, measured on recordings its training recipe never saw "
                "(a val split from recordings also in train overstates accuracy on new footage)")

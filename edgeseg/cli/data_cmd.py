@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from .options import parse_size
+from ..choices import DataFormat
+from .options import check_size, parse_size
 
 data_app = typer.Typer(help="Datasets: generate the built-in synthetic set; show recording groups.",
                        no_args_is_help=True)
@@ -15,8 +16,8 @@ data_app = typer.Typer(help="Datasets: generate the built-in synthetic set; show
 @data_app.command("synth")
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder to write (CamVid layout + dataset.yaml)."),
-    num: Optional[int] = typer.Option(None, "--num", help="Number of images, train + val (default 128)."),
-    size: str = typer.Option("96x128", "--size", help="Image size HxW."),
+    num: Optional[int] = typer.Option(None, "--num", min=1, help="Number of images, train + val (default 128)."),
+    size: str = typer.Option("96x128", "--size", callback=check_size, help="Image size HxW."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same files."),
     force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
 ) -> None:
@@ -30,8 +31,8 @@ def synth(
 
 @data_app.command("groups")
 def groups(
-    data: Path = typer.Argument(..., help="Dataset root."),
-    data_format: Optional[str] = typer.Option(None, "--format", help="camvid | pairs | voc (default: detect)."),
+    data: Path = typer.Argument(..., exists=True, file_okay=False, help="Dataset root."),
+    data_format: Optional[DataFormat] = typer.Option(None, "--format", help="Dataset layout (default: detect)."),
     group_pattern: Optional[str] = typer.Option(
         None, "--group-pattern", help="Regex giving a frame's recording from its file name (default: "
                                       "dataset.yaml's group_pattern; CamVid: the prefix before the first '_')."),

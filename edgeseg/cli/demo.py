@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import typer
 
+from ..choices import DemoMode
 from ..runtime.errors import EdgesegError
 
 
@@ -40,7 +41,7 @@ def demo(
         help="Output URI: auto (a window where one can be shown, else the web page on 127.0.0.1:8080), "
              "display://0, out.mp4 / out.avi, dir/ (PNG images), http://HOST:PORT (MJPEG + web page; host "
              "127.0.0.1 unless given; 0.0.0.0 for other machines) or null."),
-    mode: Literal["overlay", "mask", "side"] = typer.Option(
+    mode: DemoMode = typer.Option(
         "overlay", help="overlay: labels blended on the frame; mask: labels only; side: frame and labels."),
     alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="Weight of the label colours in overlay mode."),
     legend: bool = typer.Option(True, "--legend/--no-legend", help="Draw the class legend."),
@@ -62,6 +63,10 @@ def demo(
     stats_json: Optional[str] = typer.Option(
         None, help="Write frame counts, FPS and p50/p90/p99 per stage and of latency to this JSON file "
                    "(also when the run fails, with its error)."),
+    skip_bad_frames: bool = typer.Option(
+        False, "--skip-bad-frames",
+        help="Accept a damaged video file or image folder: its undecodable frames are skipped either way; "
+             "without this flag the run then ends with an error."),
     force: bool = typer.Option(False, "--force", help="Write into an image folder that holds files (its frames are "
                                                       "replaced)."),
     artifact: Optional[str] = typer.Option(None, help="Bundle artifact to run (default: the manifest's)."),
@@ -101,6 +106,9 @@ def demo(
     pipeline = Pipeline(seg, src, out, renderer=renderer, stats=stats, text=text, max_frames=max_frames)
     try:
         summary = pipeline.run()
+        if src.recorded and src.bad_frames and not skip_bad_frames:
+            raise EdgesegError(f"{source}: {src.bad_frames} undecodable frame(s) skipped ({summary['frames_out']} "
+                               "frames written); pass --skip-bad-frames to accept a damaged input")
     except BaseException as exc:
         if stats_json is not None:
             _write_stats(stats_json, {**pipeline.report(), "error": str(exc) or type(exc).__name__})

@@ -3,35 +3,42 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..choices import DataFormat
 from ..metrics import SegmentationScores
 from ..runtime.errors import EdgesegError
 from ..runtime.manifest import MANIFEST_NAME
+from .training_extra import require_training
+
+if TYPE_CHECKING:
+    from ..runtime.backends.base import Runner
 
 
-def _predictor(model: Path, artifact: Optional[str], threads: Optional[int]
-               ) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str], Callable[[], None]]:
-    """Label function, class names and a close function for a bundle, run folder or .keras file."""
+def _runner(model: Path, artifact: Optional[str], threads: Optional[int]) -> Tuple[Runner, List[str]]:
+    """The runner and class names of a bundle, run folder or .keras file."""
     if (model / MANIFEST_NAME).is_file() or not model.exists():
-        from ..runtime.backends.base import load_runner
+        from ..runtime.backends.base import runner_for
+        from ..runtime.manifest import read_manifest, resolve_bundle
 
-        runner = load_runner(model, artifact, threads).activate()
-        return runner.predict, runner.manifest.classes, runner.deactivate
-    from ..rundir import BEST_MODEL, RunConfig, load_keras_model
-    from ..train import keras_label_fn
+        bundle = resolve_bundle(model)
+        manifest = read_manifest(bundle)
+        return runner_for(bundle, manifest.artifact(artifact), threads), manifest.classes
 
     run_dir = model if model.is_dir() else model.parent
     if not (run_dir / "config.json").is_file():
         raise EdgesegError(f"{model}: not a bundle, a run folder or a .keras file inside a run folder")
-    cfg = RunConfig.load(run_dir)
-    keras_model = load_keras_model(model if model.is_file() else run_dir / BEST_MODEL)
-    return keras_label_fn(keras_model, cfg.input_size, cfg.mean, cfg.std), cfg.classes, lambda: None
+    if artifact is not None:
+        raise EdgesegError(f"--artifact names a bundle's model file; {model} is a Keras model")
+    require_training("eval")
+    from ..keras_runner import load_keras_runner
+
+    runner, cfg = load_keras_runner(model)
+    return runner, cfg.classes
 
 
 def print_scores(scores: SegmentationScores, title: str) -> None:
@@ -47,32 +54,30 @@ def print_scores(scores: SegmentationScores, title: str) -> None:
 
 def eval_command(
     model: Path = typer.Argument(..., help="Bundle folder or name (e.g. camvid), run folder or .keras file."),
-    data: Path = typer.Option(..., "--data", help="Dataset root."),
+    data: Path = typer.Option(..., "--data", exists=True, file_okay=False, help="Dataset root."),
     split: str = typer.Option("val", "--split"),
-    data_format: Optional[str] = typer.Option(None, "--format", help="camvid | pairs | voc (default: detect)."),
+    data_format: Optional[DataFormat] = typer.Option(None, "--format", help="Dataset layout (default: detect)."),
     artifact: Optional[str] = typer.Option(None, "--artifact", help="Bundle artifact (default: the bundle's)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for bundle backends."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for bundle backends."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write miou, pixel_accuracy, per_class_iou."),
 ) -> None:
     """Mean IoU (ignore label excluded, one confusion matrix over the split), per-class IoU, pixel accuracy."""
     from rich.progress import track
 
     from ..data.readers import load_sample, open_dataset, validate
-    from ..evaluate import evaluate_arrays
+    from ..evaluate import evaluate
     from ..rundir import atomic_write_text, check_writable
 
     if json_out is not None:
         check_writable(json_out)
-    predict, classes, close = _predictor(model, artifact, threads)
-    try:
+    runner, classes = _runner(model, artifact, threads)
+    with runner:
         spec = open_dataset(data, split, data_format)
         if spec.classes != classes:
             raise EdgesegError(f"{data}: dataset classes {spec.classes} do not match the model's {classes}")
         samples, _ = validate(spec, skip_bad=False)
         pairs = (load_sample(spec, s) for s in track(samples, description="evaluating", transient=True))
-        scores = evaluate_arrays(predict, pairs, classes)
-    finally:
-        close()
+        scores = evaluate(runner, pairs, classes)
     print_scores(scores, f"{model} on {data} ({split})")
     if json_out:
         atomic_write_text(json_out, json.dumps(scores.to_dict(), indent=2) + "\n")

@@ -6,44 +6,80 @@ from typing import Optional
 
 import typer
 
+from ..choices import CalibMethod, OnnxLayout, OutputKind, Precision, Target
 from ..summary import heldout_line
+from .options import GIVEN, Scope, check_scope
+from .training_extra import require_training
+
+#: Where each export option applies: the options one target takes are refused with the other (as
+#: Ultralytics' exporter refuses an argument a format does not take), calibration ones without INT8.
+EXPORT_SCOPE: Scope = {
+    "debug_quant": {"target": ("cpu",), "precision": ("int8",)},
+    "float_layers": {"target": ("cpu",), "precision": ("int8",)},
+    "float_ops": {"target": ("cpu",), "precision": ("int8",)},
+    "opset": {"target": ("jetson",)},
+    "layout": {"target": ("jetson",)},
+    "batch": {"target": ("jetson",)},
+    "calib_method": {"target": ("jetson",), "precision": ("int8",)},
+    "calib_data": {"precision": ("int8",)},
+    "num_calib": {"precision": ("int8",)},
+    "eval_split": {"eval_data": GIVEN},
+}
 
 
 def export(
-    run: Path = typer.Argument(..., help="Training run folder."),
+    ctx: typer.Context,
+    run: Path = typer.Argument(..., exists=True, file_okay=False, help="Training run folder."),
     out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
-    target: str = typer.Option("cpu", "--target", help="cpu (TFLite/LiteRT) | jetson (ONNX/TensorRT)."),
-    precision: str = typer.Option("int8", "--precision", help="fp32 | fp16 | int8."),
-    output: str = typer.Option("logits", "--output", help="logits | labels (argmax inside the model)."),
-    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration data (default: training data)."),
-    num_calib: int = typer.Option(200, "--num-calib", help="Calibration images (all if fewer)."),
-    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Evaluate float and INT8 on this data."),
+    target: Target = typer.Option("cpu", "--target", help="cpu (TFLite/LiteRT) or jetson (ONNX/TensorRT)."),
+    precision: Precision = typer.Option("int8", "--precision", help="jetson: fp32 or int8."),
+    output: OutputKind = typer.Option("logits", "--output", help="labels: argmax inside the model."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", exists=True, file_okay=False,
+                                              help="Calibration data (default: training data)."),
+    num_calib: int = typer.Option(200, "--num-calib", min=1, help="Calibration images (all if fewer)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", exists=True, file_okay=False,
+                                             help="Evaluate float and INT8 on this data."),
     eval_split: str = typer.Option("val", "--eval-split"),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Fail if INT8 loses more mIoU points."),
-    debug_quant: bool = typer.Option(False, "--debug-quant", help="Per-layer quantization error report."),
-    float_layers: str = typer.Option("", "--float-layers", help="Comma-separated layers to keep in float."),
-    float_ops: str = typer.Option("", "--float-ops", help="Comma-separated op types to keep in float."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for evaluation."),
-    opset: int = typer.Option(17, "--opset", help="jetson: ONNX opset (17 parses on TensorRT 8.5+)."),
-    layout: str = typer.Option("nchw", "--layout", help="jetson: nchw (TensorRT) | nhwc."),
-    batch: int = typer.Option(1, "--batch", help="jetson: static batch size."),
-    calib_method: Optional[str] = typer.Option(
-        None, "--calib-method", help="jetson: minmax | entropy | percentile | auto (default: auto with --eval-data)."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0,
+                                             help="Fail if INT8 loses more mIoU points."),
+    debug_quant: bool = typer.Option(False, "--debug-quant", help="cpu: per-layer quantization error report."),
+    float_layers: str = typer.Option("", "--float-layers", help="cpu: comma-separated layers to keep in float."),
+    float_ops: str = typer.Option("", "--float-ops", help="cpu: comma-separated op types to keep in float."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for evaluation."),
+    opset: int = typer.Option(17, "--opset", min=13, help="jetson: ONNX opset (17 parses on TensorRT 8.5+)."),
+    layout: OnnxLayout = typer.Option("nchw", "--layout", help="jetson: nchw (TensorRT) or nhwc."),
+    batch: int = typer.Option(1, "--batch", min=1, help="jetson: static batch size."),
+    calib_method: Optional[CalibMethod] = typer.Option(
+        None, "--calib-method", help="jetson: Q/DQ calibration (default: auto with --eval-data, else entropy)."),
     heldout_run: Optional[Path] = typer.Option(
-        None, "--heldout-run", help="A run of the same recipe trained with --holdout-groups: exported alike and "
-                                    "scored on those recordings, as the bundle's held-out estimate."),
+        None, "--heldout-run", exists=True, file_okay=False,
+        help="A run of the same recipe trained with --holdout-groups: exported alike and scored on those "
+             "recordings, as the bundle's held-out estimate."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
 ) -> None:
     """Convert a trained run into a deploy bundle (model files + edgeseg.json), checked and evaluated."""
     from ..console import keep_log, say
-    from ..export import ExportOptions, export_bundle
+    from ..data.readers import open_dataset
+    from ..export_options import ExportOptions, check_export
+    from ..rundir import RunConfig
 
+    check_scope(ctx, EXPORT_SCOPE)
     opts = ExportOptions(precision=precision, output=output, calib_data=calib_data, num_calib=num_calib,
                          eval_data=eval_data, eval_split=eval_split, max_drop=max_drop, debug_quant=debug_quant,
                          float_layers=[s for s in float_layers.split(",") if s],
                          float_ops=[s for s in float_ops.split(",") if s], force=force, threads=threads,
                          opset=opset, layout=layout, batch=batch, calib_method=calib_method,
                          heldout_run=heldout_run)
+    check_export(out, opts, target)
+    for folder in (run, heldout_run):
+        if folder is not None:
+            RunConfig.load(folder)
+    for data, split in ((calib_data, "train"), (eval_data, eval_split)):
+        if data is not None:
+            open_dataset(data, split)
+    require_training("export")
+    from ..export import export_bundle
+
     if out.parent.is_dir():
         keep_log(out.parent / f"{out.name}.log")
     result = export_bundle(run, out, opts, target, log=say)

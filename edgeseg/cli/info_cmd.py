@@ -9,6 +9,7 @@ import typer
 from ..runtime.errors import EdgesegError
 from ..runtime.manifest import MANIFEST_NAME, read_manifest, shipped_bundles
 from ..summary import heldout_line
+from .training_extra import require_training
 
 
 def info(
@@ -49,10 +50,12 @@ def info(
         typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
         return
     if (path / "config.json").is_file():
-        from ..model import build_model, count_macs, count_params
         from ..rundir import RunConfig
 
         cfg = RunConfig.load(path)
+        require_training("info")
+        from ..model import build_model, count_macs, count_params
+
         model = build_model(cfg.model, cfg.num_classes, cfg.input_size)
         if as_json:
             typer.echo(json.dumps({**cfg.__dict__, "params": count_params(model), "macs": count_macs(model)}))

@@ -6,7 +6,16 @@ from typing import Optional
 
 import typer
 
+from ..choices import Precision, TrtCalibrator
 from ..runtime.errors import EdgesegError
+from .options import GIVEN, Scope, check_scope
+
+#: Implicit calibration builds INT8 engines only; its data options apply only with a calibrator.
+COMPILE_SCOPE: Scope = {
+    "calibrator": {"precision": ("int8",)},
+    "calib_data": {"calibrator": GIVEN},
+    "num_calib": {"calib_data": GIVEN},
+}
 
 
 def check(bundle: Path = typer.Argument(..., help="Bundle folder with ONNX artifacts.")) -> None:
@@ -28,19 +37,21 @@ def check(bundle: Path = typer.Argument(..., help="Bundle folder with ONNX artif
 
 
 def compile_cmd(
+    ctx: typer.Context,
     bundle: Path = typer.Argument(..., help="Bundle folder exported with --target jetson."),
-    precision: str = typer.Option("int8", "--precision", help="int8 (from the Q/DQ ONNX) | fp16 | fp32."),
-    workspace_mb: int = typer.Option(1024, "--workspace-mb", help="Builder workspace limit."),
-    dla: Optional[int] = typer.Option(None, "--dla", help="DLA core (Xavier, AGX Orin); GPU fallback."),
-    calibrator: Optional[str] = typer.Option(
-        None, "--calibrator", help="TensorRT < 11: entropy | minmax implicit INT8 calibration of the fp32 ONNX."),
+    precision: Precision = typer.Option("int8", "--precision", help="int8: from the Q/DQ ONNX (or --calibrator)."),
+    workspace_mb: int = typer.Option(1024, "--workspace-mb", min=1, help="Builder workspace limit."),
+    dla: Optional[int] = typer.Option(None, "--dla", min=0, help="DLA core (Xavier, AGX Orin); GPU fallback."),
+    calibrator: Optional[TrtCalibrator] = typer.Option(
+        None, "--calibrator", help="TensorRT < 11: implicit INT8 calibration of the fp32 ONNX."),
     calib_data: Optional[Path] = typer.Option(
-        None, "--calib-data",
+        None, "--calib-data", exists=True, file_okay=False,
         help="With --calibrator: a folder holding the bundle's recorded calibration images (default: the folder "
              "the bundle names), or data to choose --num-calib images from."),
-    num_calib: int = typer.Option(200, "--num-calib", help="With --calib-data: how many images."),
+    num_calib: int = typer.Option(200, "--num-calib", min=1, help="With --calib-data: how many images."),
 ) -> None:
     """Build a TensorRT engine on this device and add it to the bundle (the new default artifact)."""
+    check_scope(ctx, COMPILE_SCOPE)
     from ..converters.tensorrt import compile_bundle
 
     frames: list = []

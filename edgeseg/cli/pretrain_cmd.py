@@ -6,8 +6,10 @@ from typing import Optional
 
 import typer
 
+from ..choices import ModelName, PretrainLoss
 from ..runtime.errors import EdgesegError
-from .options import parse_size
+from .options import check_size, model_option, parse_size
+from .training_extra import require_training
 
 DEFAULT_MASK_RATIO = 0.5
 
@@ -15,12 +17,12 @@ DEFAULT_MASK_RATIO = 0.5
 def pretrain(
     images: str = typer.Option(..., "--images", help="Image folder (recursive), glob, video file or folder of videos."),
     out: Path = typer.Option(..., "--out", help="Run folder (encoder.weights.h5, encoder.json, reconstructions.png)."),
-    model: str = typer.Option("fcn-tiny", "--model",
-                              help="fcn-tiny | fcn-small | fcn-medium | fcn8s: whose encoder to pretrain."),
+    model: ModelName = model_option("Whose encoder to pretrain"),
     epochs: int = typer.Option(10, "--epochs"),
-    input_size: str = typer.Option("96x128", "--input-size", help="Frames are resized to this HxW."),
+    input_size: str = typer.Option("96x128", "--input-size", callback=check_size,
+                                   help="Frames are resized to this HxW."),
     every: int = typer.Option(1, "--every", help="Keep every K-th frame of each video (and every K-th image)."),
-    loss: str = typer.Option("l2", "--loss", help="Reconstruction loss: l1 | l2."),
+    loss: PretrainLoss = typer.Option("l2", "--loss", help="Reconstruction loss."),
     mask_ratio: Optional[float] = typer.Option(
         None, "--mask-ratio", help=f"Mask this fraction of 16x16 blocks (default {DEFAULT_MASK_RATIO})."),
     noise: Optional[float] = typer.Option(
@@ -34,22 +36,24 @@ def pretrain(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Pretrain a model's encoder as a convolutional autoencoder on unlabeled frames (for train --init-from)."""
+    if mask_ratio is not None and noise is not None:
+        raise EdgesegError("--mask-ratio and --noise are alternatives: give one")
+    require_training("pretrain")
     from rich.console import Console
     from rich.progress import Progress
 
     from ..data.frames import sample_frames
     from ..encoder import ENCODER_WEIGHTS
-    from ..pretrain import RECONSTRUCTIONS, PretrainConfig
+    from ..pretrain import RECONSTRUCTIONS, PretrainConfig, check_out
     from ..pretrain import pretrain as run_pretraining
 
-    if mask_ratio is not None and noise is not None:
-        raise EdgesegError("--mask-ratio and --noise are alternatives: give one")
     default_mask = DEFAULT_MASK_RATIO if noise is None else 0.0
     cfg = PretrainConfig(images=images, model=model, input_size=parse_size(input_size), every=every, epochs=epochs,
                          batch_size=batch_size, learning_rate=learning_rate, loss=loss, seed=seed,
                          mask_ratio=default_mask if mask_ratio is None else mask_ratio, noise=noise or 0.0,
                          masked_loss=masked_loss, whiten_colour=whiten_colour)
     cfg.check()
+    check_out(out)
     console = Console()
     with console.status(f"reading frames from {images}"):
         frames = sample_frames(images, every, cfg.input_size)

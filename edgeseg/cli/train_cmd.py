@@ -6,32 +6,57 @@ from typing import Optional
 
 import typer
 
-from .options import default_data, given_on_command_line, parse_size
+from ..choices import AugmentName, ClassWeighting, DataFormat, ModelName, Strategy
+from .options import (
+    GIVEN,
+    Scope,
+    check_scope,
+    check_size,
+    default_data,
+    given_on_command_line,
+    listed,
+    model_option,
+    parse_size,
+)
+from .training_extra import require_training
+
+#: Options that apply only to some runs (judged on the run's settings, the saved ones with --resume).
+TRAIN_SCOPE: Scope = {
+    "backbone_weights": {"model": ("fcn8s",)},
+    "freeze_backbone": {"model": ("fcn8s",)},
+    "freeze_encoder_epochs": {"init_from": GIVEN},
+    "logit_alpha": {"logit_adjustment": (True,), "class_weighting": ("median_frequency",)},
+}
 
 
 def train(
     ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Run folder (model.keras, config.json, history.csv, logs)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: built-in synthetic)."),
-    data_format: Optional[str] = typer.Option(None, "--format", help="camvid | pairs | voc (default: detect)."),
-    model: str = typer.Option("fcn-tiny", "--model", help="fcn-tiny | fcn-small | fcn-medium | fcn8s."),
+    data: Optional[Path] = typer.Option(None, "--data", exists=True, file_okay=False,
+                                        help="Dataset root (default: built-in synthetic)."),
+    data_format: Optional[DataFormat] = typer.Option(
+        None, "--format", metavar="LAYOUT", help=f"Dataset layout: {listed(DataFormat)} (default: detect)."),
+    model: ModelName = model_option(),
     epochs: int = typer.Option(30, "--epochs"),
     batch_size: int = typer.Option(8, "--batch-size"),
-    input_size: str = typer.Option("96x128", "--input-size", help="Training crop and model input HxW."),
+    input_size: str = typer.Option("96x128", "--input-size", callback=check_size,
+                                   help="Training crop and model input HxW."),
     learning_rate: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
-    class_weighting: str = typer.Option("median_frequency", "--class-weights", help="median_frequency | none."),
+    class_weighting: ClassWeighting = typer.Option("median_frequency", "--class-weights", metavar="METHOD",
+                                                   help=f"{listed(ClassWeighting)}."),
     logit_adjustment: bool = typer.Option(
         True, "--logit-adjustment/--no-logit-adjustment",
         help="After training, take back on val (strength 0-1) the bias towards rare classes that class "
              "weights leave in the logits."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad samples instead of failing."),
-    strategy: str = typer.Option("default", "--strategy", help="default | mirrored | multiworker (TF_CONFIG)."),
-    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights",
+    strategy: Strategy = typer.Option("default", "--strategy", metavar="NAME",
+                                      help=f"{listed(Strategy)} (the machines in TF_CONFIG)."),
+    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", exists=True, dir_okay=False,
                                                     help="fcn8s: local VGG16 (no top) weights file."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="fcn8s: keep the encoder fixed."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from",
+    init_from: Optional[Path] = typer.Option(None, "--init-from", exists=True, file_okay=False,
                                              help="Pretrain run folder: start the encoder from its weights."),
     freeze_encoder_epochs: int = typer.Option(0, "--freeze-encoder-epochs",
                                               help="Keep the encoder fixed for the first N epochs."),
@@ -51,19 +76,18 @@ def train(
                                       "the match); default: dataset.yaml's, CamVid's prefix before '_'."),
     logit_alpha: Optional[float] = typer.Option(None, "--logit-alpha",
                                                 help="Fixed logit-adjustment strength 0-1 (no choice on val)."),
-    crop_size: Optional[str] = typer.Option(None, "--crop-size", help="Training crop HxW (default: input size)."),
-    augment: str = typer.Option("standard", "--augment", help="standard | strong (scale 0.5-2, exposure, blur, "
-                                                              "noise)."),
+    crop_size: Optional[str] = typer.Option(None, "--crop-size", callback=check_size,
+                                            help="Training crop HxW (default: input size)."),
+    augment: AugmentName = typer.Option("standard", "--augment", metavar="RECIPE",
+                                        help=f"{listed(AugmentName)} (scale 0.5-2, exposure, blur, noise)."),
 ) -> None:
     """Train a compact FCN; the best epoch by validation mIoU is kept as RUN/model.keras."""
+    from dataclasses import asdict
+
     from ..console import keep_log, say
     from ..data.groups import parse_groups
     from ..data.readers import open_dataset
-    from ..progress import stage
     from ..rundir import RunConfig, check_resume, check_settings
-    from ..train import check_groups, val_overlap_warning
-    from ..train import train as run_training
-    from ..train_progress import StepProgress
 
     settings = {"model": model, "input_size": parse_size(input_size), "seed": seed, "epochs": epochs,
                 "batch_size": batch_size, "learning_rate": learning_rate, "class_weighting": class_weighting,
@@ -74,10 +98,19 @@ def train(
                 "holdout_groups": parse_groups(holdout_groups), "group_pattern": group_pattern,
                 "crop_size": parse_size(crop_size) if crop_size else None, "augment": augment}
     check_settings(settings)
-    if resume:
-        cfg = RunConfig.load(out)
+    saved = RunConfig.load(out) if resume else None
+    check_scope(ctx, TRAIN_SCOPE, asdict(saved) if saved else settings)
+    if saved:
         given = {"data": str(Path(data).resolve()) if data else None, "data_format": data_format, **settings}
-        check_resume(out, cfg, {k: v for k, v in given.items() if given_on_command_line(ctx, k)})
+        check_resume(out, saved, {k: v for k, v in given.items() if given_on_command_line(ctx, k)})
+    require_training("train")
+    from ..progress import stage
+    from ..train import check_groups, val_overlap_warning
+    from ..train import train as run_training
+    from ..train_progress import StepProgress
+
+    if saved:
+        cfg = saved
     else:
         data = default_data(data, say)
         spec = open_dataset(data, "train", data_format)

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from edgeseg.choices import WEIGHT_METHODS
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.manifest import DEFAULT_MEAN, DEFAULT_STD, IGNORE_INDEX
 from edgeseg.runtime.preprocess import normalize, resize_labels, resize_rgb
-
-WEIGHT_METHODS = ("median_frequency", "none")
 
 
 def class_weights(masks: Iterable[np.ndarray], num_classes: int, method: str = "median_frequency",

@@ -1,20 +1,22 @@
-"""The one backend interface: load a bundle artifact, preprocess a frame, infer, return labels.
+"""The one runner interface: a model file and its spec in, labels out; and the factories that make runners.
 
-Modelled on Polygraphy's runners: `activate()` loads the model (heavy imports happen there),
-`infer()` runs one prepared batch, `deactivate()` frees resources; a runner is a context manager.
+Modelled on Polygraphy's runners: a runner is built from a model file and its `ModelSpec` and knows
+nothing about bundles; `activate()` loads the model (heavy imports happen there), `infer()` runs one
+prepared batch, `deactivate()` frees resources; a runner is a context manager. `load_runner` (a
+bundle's artifact) and `runner_for` (an artifact whose manifest is already read) are thin factories.
 """
 from __future__ import annotations
 
 import abc
 import importlib
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EdgesegError
-from ..manifest import Artifact, Manifest, read_manifest, resolve_bundle
+from ..manifest import Artifact, ModelSpec, read_manifest, resolve_bundle
 from ..preprocess import labels_from_output, resize_labels, to_model_input
-from ..stats import time_calls
 
 #: backend name -> "module:Class", imported only when asked for.
 BACKENDS = {
@@ -25,22 +27,20 @@ BACKENDS = {
 
 
 class Runner(abc.ABC):
-    """Runs one artifact of a bundle. Frames in are RGB uint8 HxWx3; labels out are uint8 HxW."""
+    """Runs one model. Frames in are RGB uint8 HxWx3; labels out are uint8 HxW."""
 
-    def __init__(self, bundle: Path, manifest: Manifest, artifact: Artifact, threads: int | None = None):
-        self.bundle = Path(bundle)
-        self.manifest = manifest
-        self.artifact = artifact
+    #: The backend's name, as a manifest's artifact names it.
+    backend = ""
+
+    def __init__(self, model_path: str | os.PathLike[str], spec: ModelSpec, threads: int | None = None):
+        self.model_path = Path(model_path)
+        self.spec = spec
         self.threads = threads
         self.is_active = False
 
     @property
-    def model_path(self) -> Path:
-        return self.bundle / self.artifact.file
-
-    @property
     def name(self) -> str:
-        return f"{self.artifact.backend}-{self.artifact.precision}"
+        return f"{self.backend}-{self.spec.precision}"
 
     def activate(self) -> Runner:
         if not self.is_active:
@@ -71,11 +71,11 @@ class Runner(abc.ABC):
         """Run one prepared input batch (from `preprocess`) and return the raw output."""
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        return to_model_input(rgb, self.artifact.input)
+        return to_model_input(rgb, self.spec.input)
 
     def postprocess(self, output: np.ndarray) -> np.ndarray:
         """Raw output to a uint8 label map at the model's resolution."""
-        return labels_from_output(output, self.artifact.output.kind, self.artifact.output.layout)
+        return labels_from_output(output, self.spec.output.kind, self.spec.output.layout)
 
     def predict(self, rgb: np.ndarray, full_size: bool = True) -> np.ndarray:
         """Labels for one RGB frame, at the frame's size (or the model's with `full_size=False`)."""
@@ -84,27 +84,24 @@ class Runner(abc.ABC):
             labels = resize_labels(labels, rgb.shape[0], rgb.shape[1])
         return labels
 
-    def time_inference(self, warmup: int = 10, runs: int = 100) -> np.ndarray:
-        """Model-only latency in milliseconds for `runs` calls after `warmup` calls."""
-        spec = self.artifact.input
-        shape = (spec.batch, 3, spec.height, spec.width) if spec.layout == "NCHW" else (
-            spec.batch, spec.height, spec.width, 3)
-        batch = np.random.default_rng(0).integers(0, 256, shape).astype(spec.dtype)
-        return time_calls(lambda: self.infer(batch), warmup, runs)
 
-
-def load_runner(bundle: str | Path, artifact: str | None = None, threads: int | None = None) -> Runner:
-    """The runner for one artifact of a bundle (a path or a shipped bundle's name)."""
-    bundle = resolve_bundle(bundle)
-    manifest = read_manifest(bundle)
-    return runner_for(bundle, manifest, manifest.artifact(artifact), threads)
-
-
-def runner_for(bundle: Path, manifest: Manifest, art: Artifact, threads: int | None = None) -> Runner:
-    """The runner for an artifact whose manifest is already read (e.g. a bundle being written)."""
-    target = BACKENDS.get(art.backend)
+def open_runner(backend: str, model_path: str | os.PathLike[str], spec: ModelSpec,
+                threads: int | None = None) -> Runner:
+    """The `backend` runner (see BACKENDS) for a model file; the backend is imported here."""
+    target = BACKENDS.get(backend)
     if target is None:
-        raise EdgesegError(f"{bundle}: unknown backend {art.backend!r} (known: {', '.join(BACKENDS)})")
+        raise EdgesegError(f"{model_path}: unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     module_name, cls_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(bundle, manifest, art, threads=threads)
+    return cls(model_path, spec, threads=threads)
+
+
+def runner_for(bundle: Path, art: Artifact, threads: int | None = None) -> Runner:
+    """The runner for an artifact of a bundle whose manifest is already read (e.g. a bundle being written)."""
+    return open_runner(art.backend, Path(bundle) / art.file, art.spec, threads)
+
+
+def load_runner(bundle: str | os.PathLike[str], artifact: str | None = None, threads: int | None = None) -> Runner:
+    """The runner for one artifact of a bundle (a path or a shipped bundle's name)."""
+    folder = resolve_bundle(bundle)
+    return runner_for(folder, read_manifest(folder).artifact(artifact), threads)

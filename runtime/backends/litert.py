@@ -25,6 +25,8 @@ def interpreter_class() -> Any:
 class LiteRTRunner(Runner):
     """Runs a .tflite artifact with XNNPACK on `threads` CPU threads."""
 
+    backend = "litert"
+
     def _activate(self) -> None:
         cls = interpreter_class()
         try:

@@ -32,6 +32,8 @@ def ort_session(model: str | os.PathLike[str] | bytes, threads: int | None = Non
 class OnnxRuntimeRunner(Runner):
     """Runs a .onnx artifact with onnxruntime's CPU execution provider on `threads` threads."""
 
+    backend = "onnxruntime"
+
     def _activate(self) -> None:
         self._session = ort_session(self.model_path, self.threads)
         self._input = self._session.get_inputs()[0].name

@@ -84,7 +84,11 @@ def check_engine_target(engine: Path, here: dict[str, str], bundle: Path) -> Non
 
 
 class TensorRTRunner(Runner):
-    """Runs a TensorRT engine: pinned host buffers, device buffers, async copies on one stream."""
+    """Runs a TensorRT engine: pinned host buffers, device buffers, async copies on one stream.
+
+    Error messages name the engine's folder as the bundle to rebuild it in."""
+
+    backend = "tensorrt"
 
     def _activate(self) -> None:
         self._cuda = CudaStream()
@@ -98,12 +102,12 @@ class TensorRTRunner(Runner):
         version = require_tensorrt()
         import tensorrt as trt
 
-        check_engine_target(self.model_path, device_target(version, self._cuda), self.bundle)
+        check_engine_target(self.model_path, device_target(version, self._cuda), self.model_path.parent)
         self._runtime = trt.Runtime(trt_logger())
         engine = self._runtime.deserialize_cuda_engine(self.model_path.read_bytes())
         if engine is None:
             raise EdgesegError(f"{self.model_path}: TensorRT cannot load this engine (another TensorRT "
-                               f"version or GPU?): rebuild with `edgeseg compile {self.bundle}`")
+                               f"version or GPU?): rebuild with `edgeseg compile {self.model_path.parent}`")
         self._engine = engine
         self._context = engine.create_execution_context()
         self._inputs: list[HostDeviceBuffer] = []

@@ -1,0 +1,61 @@
+"""Give an existing bundle its held-out estimate (`evaluation.heldout`) without re-exporting its model.
+
+For a bundle whose own run folder is gone (the shipped `camvid` bundle was exported from a run that is not
+kept): a run of the same recipe trained with `--holdout-groups` is exported alike (the bundle's target,
+precision, output and number of calibration images, calibrated on the frames that run trained on) and scored
+on its held-out recordings, as `edgeseg export --heldout-run` does. The bundle is then rewritten through a
+staging copy and one rename: the model files are the same bytes, the manifest gains `evaluation.heldout`.
+
+Usage: python benchmarks/attach_heldout.py BUNDLE HELDOUT_RUN
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from edgeseg.console import quiet
+from edgeseg.export import heldout_estimate
+from edgeseg.export_options import ExportOptions
+from edgeseg.rundir import RunConfig
+from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.manifest import read_manifest, staging_dir, write_bundle
+from edgeseg.summary import heldout_line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("heldout_run", type=Path)
+    args = parser.parse_args()
+    manifest = read_manifest(args.bundle)
+    cfg = RunConfig.load(args.heldout_run)
+    if not cfg.holdout_groups:
+        raise SystemExit(f"{args.heldout_run}: trained without --holdout-groups")
+    if cfg.classes != manifest.classes:
+        raise SystemExit(f"{args.heldout_run}: classes differ from {args.bundle}'s")
+    default = manifest.artifacts[manifest.default]
+    opts = ExportOptions(precision=default.precision, output=default.output.kind,
+                         num_calib=manifest.calibration.get("num_images", 200), force=True)
+    with quiet():
+        record = heldout_estimate(args.bundle, manifest, args.bundle, (args.heldout_run, cfg), opts,
+                                  manifest.target, print)
+    manifest.evaluation["heldout"] = record
+    staging = staging_dir(args.bundle)
+    try:
+        for path in args.bundle.iterdir():
+            if path.is_file():
+                shutil.copy2(path, staging / path.name)
+        write_bundle(staging, args.bundle, manifest, force=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(heldout_line(record))
+    print(json.dumps({k: v for k, v in record.items() if k in ("miou", "method", "groups", "num_images")}))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except EdgesegError as exc:
+        raise SystemExit(f"error: {exc}") from None
