@@ -16,9 +16,8 @@ import shutil
 from pathlib import Path
 
 from edgeseg.console import quiet
-from edgeseg.export import heldout_estimate
+from edgeseg.export import heldout_estimate, heldout_run_config
 from edgeseg.export_options import ExportOptions
-from edgeseg.rundir import RunConfig
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.manifest import read_manifest, staging_dir, write_bundle
 from edgeseg.summary import heldout_line
@@ -30,11 +29,7 @@ def main() -> None:
     parser.add_argument("heldout_run", type=Path)
     args = parser.parse_args()
     manifest = read_manifest(args.bundle)
-    cfg = RunConfig.load(args.heldout_run)
-    if not cfg.holdout_groups:
-        raise SystemExit(f"{args.heldout_run}: trained without --holdout-groups")
-    if cfg.classes != manifest.classes:
-        raise SystemExit(f"{args.heldout_run}: classes differ from {args.bundle}'s")
+    cfg = heldout_run_config(args.heldout_run, manifest.classes)
     default = manifest.artifacts[manifest.default]
     opts = ExportOptions(precision=default.precision, output=default.output.kind,
                          num_calib=manifest.calibration.get("num_images", 200), force=True)
@@ -44,9 +39,7 @@ def main() -> None:
     manifest.evaluation["heldout"] = record
     staging = staging_dir(args.bundle)
     try:
-        for path in args.bundle.iterdir():
-            if path.is_file():
-                shutil.copy2(path, staging / path.name)
+        shutil.copytree(args.bundle, staging, dirs_exist_ok=True)
         write_bundle(staging, args.bundle, manifest, force=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -182,12 +182,17 @@ def _heldout_source(run_dir: Path, cfg: RunConfig, opts: ExportOptions) -> tuple
     if opts.heldout_run is None:
         return (run_dir, cfg) if cfg.holdout_groups else None
     source = Path(opts.heldout_run)
+    return source, heldout_run_config(source, cfg.classes)
+
+
+def heldout_run_config(source: Path, classes: list[str]) -> RunConfig:
+    """The config of `source`, a run that held groups out and predicts `classes` (else a one-line error)."""
     source_cfg = RunConfig.load(source)
     if not source_cfg.holdout_groups:
         raise EdgesegError(f"{source}: trained without --holdout-groups, so it has no held-out recordings")
-    if source_cfg.classes != cfg.classes:
+    if source_cfg.classes != classes:
         raise EdgesegError(f"{source}: classes {source_cfg.classes} differ from the exported model's")
-    return source, source_cfg
+    return source_cfg
 
 
 def heldout_estimate(staging: Path, manifest: Manifest, run_dir: Path, heldout_source: tuple[Path, RunConfig],
