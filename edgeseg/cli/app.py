@@ -99,5 +99,6 @@ def main() -> None:
     if isinstance(code, int) and code:
         sys.exit(code)
 
+
 if __name__ == "__main__":
     main()

@@ -61,21 +61,25 @@ def given_on_command_line(ctx: typer.Context, param: str) -> bool:
     return getattr(ctx.get_parameter_source(param), "name", None) == "COMMANDLINE"
 
 
-
 #: Where an option applies: {option: {other option: the values the other must have}}, by parameter name.
 #: `GIVEN` as the values means "the other option is given"; `(None,)` means "the other is left out".
 Scope = Dict[str, Dict[str, Sequence[Any]]]
 GIVEN: Sequence[Any] = ("<given>",)
 
 
+def _param(ctx: typer.Context, name: str) -> Any:
+    """The command's click parameter called `name`."""
+    return next(p for p in ctx.command.params if p.name == name)
+
+
 def flag(ctx: typer.Context, name: str) -> str:
     """The command-line spelling of parameter `name` (`calib_data` -> `--calib-data`)."""
-    return next(p for p in ctx.command.params if p.name == name).opts[0]
+    return _param(ctx, name).opts[0]
 
 
 def _spelled(ctx: typer.Context, name: str, value: Any) -> str:
     """How the user set `name` to `value`: `--target cpu`, `--no-logit-adjustment`, `--run`."""
-    param = next(p for p in ctx.command.params if p.name == name)
+    param = _param(ctx, name)
     if isinstance(value, bool):
         return param.opts[0] if value or not param.secondary_opts else param.secondary_opts[0]
     return param.opts[0] if isinstance(value, Path) else f"{param.opts[0]} {value}"
