@@ -32,6 +32,27 @@ class Tally:
     def scores(self) -> SegmentationScores:
         return SegmentationScores.from_confusion(self.matrix, self.classes, self.frames)
 
+    def __add__(self, other: Tally) -> Tally:
+        """The pixels of both tallies in one matrix (the same classes), e.g. the folds of a held-out estimate."""
+        if other.classes != self.classes:
+            raise ValueError(f"cannot pool tallies of classes {self.classes} and {other.classes}")
+        pooled = Tally(self.classes)
+        pooled.matrix, pooled.frames = self.matrix + other.matrix, self.frames + other.frames
+        return pooled
+
+
+def tally(runners: Mapping[str, Runner], pairs: Iterable[tuple[np.ndarray, np.ndarray]], classes: Sequence[str],
+          progress: Progress = None) -> dict[str, Tally]:
+    """One `Tally` per named runner over (RGB, labels) pairs: every runner sees each frame in turn, so `pairs`
+    is read once (it may be a generator); `progress` is called once per frame."""
+    tallies = {name: Tally(classes) for name in runners}
+    for rgb, target in pairs:
+        for name, runner in runners.items():
+            tallies[name].add(runner.predict(rgb), target)
+        if progress:
+            progress()
+    return tallies
+
 
 @overload
 def evaluate(runners: Runner, pairs: Iterable[tuple[np.ndarray, np.ndarray]], classes: Sequence[str],
@@ -40,17 +61,8 @@ def evaluate(runners: Runner, pairs: Iterable[tuple[np.ndarray, np.ndarray]], cl
 def evaluate(runners: Mapping[str, Runner], pairs: Iterable[tuple[np.ndarray, np.ndarray]],
              classes: Sequence[str], progress: Progress = None) -> dict[str, SegmentationScores]: ...
 def evaluate(runners, pairs, classes, progress=None):
-    """mIoU etc. of an active runner, or of each of a name -> runner mapping, over (RGB, labels) pairs.
-
-    Every runner sees each frame in turn, so `pairs` is read once (it may be a generator); `progress` is
-    called once per frame.
-    """
+    """mIoU etc. of an active runner, or of each of a name -> runner mapping, over (RGB, labels) pairs (see
+    `tally`)."""
     named = {"": runners} if isinstance(runners, Runner) else dict(runners)
-    tallies = {name: Tally(classes) for name in named}
-    for rgb, target in pairs:
-        for name, runner in named.items():
-            tallies[name].add(runner.predict(rgb), target)
-        if progress:
-            progress()
-    scores = {name: tally.scores() for name, tally in tallies.items()}
+    scores = {name: counted.scores() for name, counted in tally(named, pairs, classes, progress).items()}
     return scores[""] if isinstance(runners, Runner) else scores

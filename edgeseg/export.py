@@ -10,10 +10,11 @@ import importlib.metadata
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from .converters import tflite
 from .data.groups import overlap_warning
 from .data.readers import open_dataset
 from .deploy import deploy_model
-from .evaluate import evaluate
+from .evaluate import Tally, tally
 from .export_options import ExportOptions, check_export
 from .metrics import SegmentationScores
 from .model import count_macs, count_params
@@ -109,13 +110,20 @@ def _eval_pairs(cfg: RunConfig, opts: ExportOptions, log: Progress
     return load_split(spec, skip_bad=False)[0], warning
 
 
-def _evaluate_artifacts(staging: Path, manifest: Manifest, pairs: list[tuple[np.ndarray, np.ndarray]],
-                        cfg: RunConfig, opts: ExportOptions, log: Progress) -> dict[str, SegmentationScores]:
+def _tally_artifacts(staging: Path, manifest: Manifest, pairs: list[tuple[np.ndarray, np.ndarray]],
+                     cfg: RunConfig, opts: ExportOptions) -> dict[str, Tally]:
     """Every artifact of a bundle being written, side by side over `pairs` in one pass."""
     with ExitStack() as active, stage(f"eval {', '.join(manifest.artifacts)}", total=len(pairs)) as bar:
         runners = {name: active.enter_context(runner_for(staging, art, threads=opts.threads))
                    for name, art in manifest.artifacts.items()}
-        scores = evaluate(runners, pairs, cfg.classes, progress=bar.advance)
+        return tally(runners, pairs, cfg.classes, progress=bar.advance)
+
+
+def _evaluate_artifacts(staging: Path, manifest: Manifest, pairs: list[tuple[np.ndarray, np.ndarray]],
+                        cfg: RunConfig, opts: ExportOptions, log: Progress) -> dict[str, SegmentationScores]:
+    """The scores of `_tally_artifacts`, logged."""
+    scores = {name: counted.scores() for name, counted in
+              _tally_artifacts(staging, manifest, pairs, cfg, opts).items()}
     for name, score in scores.items():
         log(f"eval {name}: mIoU {score.miou * 100:.2f} on {len(pairs)} images")
     return scores
@@ -146,7 +154,7 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
     check_export(out, opts, target)
     adjustment = _logit_adjustment(run_dir)  # reads (and checks) state.json before the model is loaded
     model, cfg = load_run_model(run_dir)
-    heldout_source = _heldout_source(run_dir, cfg, opts)
+    heldout_sources = _heldout_sources(run_dir, cfg, opts)
     deploy = deploy_model(model, cfg.model, cfg.num_classes, cfg.input_size, cfg.mean, cfg.std, opts.output)
     staging = staging_dir(out)
     try:
@@ -162,9 +170,9 @@ def export_bundle(run_dir: Path, out: Path, opts: ExportOptions, target: str = "
             _record_evaluation(staging, result, pairs, cfg, opts, log)
             if warning:
                 result.manifest.evaluation["overlap_warning"] = warning
-        if heldout_source is not None:
+        if heldout_sources:
             result.manifest.evaluation["heldout"] = heldout_estimate(
-                staging, result.manifest, run_dir, heldout_source, opts, target, log)
+                staging, result.manifest, run_dir, heldout_sources, opts, target, log)
         write_bundle(staging, out, result.manifest, force=opts.force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -176,48 +184,89 @@ def export_cpu(run_dir: Path, out: Path, opts: ExportOptions, log: Progress = pr
     return export_bundle(run_dir, out, opts, "cpu", log)
 
 
-def _heldout_source(run_dir: Path, cfg: RunConfig, opts: ExportOptions) -> tuple[Path, RunConfig] | None:
-    """The run whose held-out groups give the bundle's estimate (`opts.heldout_run`, else this run when it
-    held groups out), checked before any conversion; None when there is none."""
-    if opts.heldout_run is None:
-        return (run_dir, cfg) if cfg.holdout_groups else None
-    source = Path(opts.heldout_run)
-    return source, heldout_run_config(source, cfg.classes)
+HeldoutSource = Tuple[Path, RunConfig]
 
 
-def heldout_run_config(source: Path, classes: list[str]) -> RunConfig:
-    """The config of `source`, a run that held groups out and predicts `classes` (else a one-line error)."""
-    source_cfg = RunConfig.load(source)
-    if not source_cfg.holdout_groups:
-        raise EdgesegError(f"{source}: trained without --holdout-groups, so it has no held-out recordings")
-    if source_cfg.classes != classes:
-        raise EdgesegError(f"{source}: classes {source_cfg.classes} differ from the exported model's")
-    return source_cfg
+def _heldout_sources(run_dir: Path, cfg: RunConfig, opts: ExportOptions) -> list[HeldoutSource]:
+    """The runs whose held-out groups give the bundle's estimate (`opts.heldout_runs`, else this run when it
+    held groups out), checked before any conversion; empty when there are none."""
+    if not opts.heldout_runs:
+        return [(run_dir, cfg)] if cfg.holdout_groups else []
+    return heldout_run_configs(opts.heldout_runs, cfg.classes, cfg.model, cfg.input_size)
 
 
-def heldout_estimate(staging: Path, manifest: Manifest, run_dir: Path, heldout_source: tuple[Path, RunConfig],
+def heldout_run_configs(sources: Sequence[Path], classes: list[str], model: str,
+                        input_size: Sequence[int]) -> list[HeldoutSource]:
+    """Each of `sources` with its config, checked (else a one-line error naming the run): it held groups out,
+    it is `model` at `input_size` predicting `classes`, and no two runs hold out the same group (each frame
+    is scored once when their folds are pooled)."""
+    checked: list[HeldoutSource] = []
+    held_by: dict[str, Path] = {}
+    for source in sources:
+        source_cfg = RunConfig.load(source)
+        if not source_cfg.holdout_groups:
+            raise EdgesegError(f"{source}: trained without --holdout-groups, so it has no held-out recordings")
+        if source_cfg.classes != classes:
+            raise EdgesegError(f"{source}: classes {source_cfg.classes} differ from the exported model's")
+        if source_cfg.model != model or tuple(source_cfg.input_size) != tuple(input_size):
+            raise EdgesegError(f"{source}: {source_cfg.model} at {'x'.join(map(str, source_cfg.input_size))}, "
+                               f"not the recipe's {model} at {'x'.join(map(str, input_size))}")
+        for group in source_cfg.holdout_groups:
+            if group in held_by:
+                raise EdgesegError(f"{source}: holds out {group}, as {held_by[group]} does; each recording may "
+                                   "be scored by one run only")
+            held_by[group] = source
+        checked.append((source, source_cfg))
+    return checked
+
+
+def heldout_estimate(staging: Path, manifest: Manifest, run_dir: Path, sources: Sequence[HeldoutSource],
                      opts: ExportOptions, target: str, log: Progress) -> dict:
-    """Accuracy on recordings the model never saw: the artifacts of a run trained with `--holdout-groups`
-    (this run, or `opts.heldout_run` of the same recipe, exported here alike) scored on those groups.
+    """Accuracy on recordings the model never saw: the artifacts of runs trained with `--holdout-groups`
+    (this run, or `opts.heldout_runs` of the same recipe, each exported here alike) scored on their held-out
+    groups, all frames pooled into one confusion matrix per artifact (one run per fold of a
+    leave-one-group-out estimate).
 
-    Returns `{"miou": <the default artifact's>, "method", "groups", "num_images", "run", <artifact>: scores}`.
+    Returns `{"miou": <the default artifact's>, "method", "groups", "num_images", "folds": [per run],
+    <artifact>: scores}`.
     """
-    source, source_cfg = heldout_source
-    pairs = load_heldout(source_cfg)
-    log(f"held-out estimate: {len(pairs)} frames of {', '.join(source_cfg.holdout_groups)} ({source})")
-    method = ("holdout-groups: the model itself was trained without these recordings" if source == run_dir else
-              "holdout-groups: a run of the same recipe trained without these recordings, exported alike")
-    record: dict = {"method": method, "groups": list(source_cfg.holdout_groups), "num_images": len(pairs),
-                    "run": source.name}
+    pooled: dict[str, Tally] = {}
+    folds = []
     with tempfile.TemporaryDirectory(prefix="edgeseg-heldout-") as tmp:
-        if source != run_dir:
-            inner = replace(opts, eval_data=None, max_drop=None, debug_quant=False, heldout_run=None, force=True)
-            manifest = export_bundle(source, Path(tmp) / "bundle", inner, target, log=lambda _: None).manifest
-            staging = Path(tmp) / "bundle"
-        scores = _evaluate_artifacts(staging, manifest, pairs, source_cfg, opts, log)
-    record.update({"float" if name in ("fp32", "fp16") else name: s.to_dict() for name, s in scores.items()})
+        for index, (source, source_cfg) in enumerate(sources):
+            pairs = load_heldout(source_cfg)
+            log(f"held-out estimate: {len(pairs)} frames of {', '.join(source_cfg.holdout_groups)} ({source})")
+            fold_staging, fold_manifest = staging, manifest
+            if source != run_dir:
+                fold_staging = Path(tmp) / f"fold{index}"
+                inner = replace(opts, eval_data=None, max_drop=None, debug_quant=False, heldout_runs=(), force=True)
+                fold_manifest = export_bundle(source, fold_staging, inner, target, log=lambda _: None).manifest
+            tallies = _tally_artifacts(fold_staging, fold_manifest, pairs, source_cfg, opts)
+            folds.append({"run": source.name, "groups": list(source_cfg.holdout_groups), "num_images": len(pairs),
+                          **{_heldout_key(name): t.scores().miou for name, t in tallies.items()}})
+            pooled = {name: pooled[name] + t if name in pooled else t for name, t in tallies.items()}
+            shutil.rmtree(Path(tmp) / f"fold{index}", ignore_errors=True)
+    scores = {name: t.scores() for name, t in pooled.items()}
+    record: dict = {"method": _heldout_method(sources, run_dir),
+                    "groups": [g for fold in folds for g in fold["groups"]],
+                    "num_images": sum(fold["num_images"] for fold in folds), "folds": folds}
+    record.update({_heldout_key(name): s.to_dict() for name, s in scores.items()})
     record["miou"] = scores[manifest.default].miou
     return record
+
+
+def _heldout_key(artifact: str) -> str:
+    """`float` for the float artifact (fp32 or fp16), else the artifact's name (`int8`)."""
+    return "float" if artifact in ("fp32", "fp16") else artifact
+
+
+def _heldout_method(sources: Sequence[HeldoutSource], run_dir: Path) -> str:
+    if len(sources) > 1:
+        return (f"leave-one-group-out: {len(sources)} runs of the same recipe, each trained without its "
+                "recording(s) and exported alike; one confusion matrix pooled over every held-out frame")
+    if sources[0][0] == run_dir:
+        return "holdout-groups: the model itself was trained without these recordings"
+    return "holdout-groups: a run of the same recipe trained without these recordings, exported alike"
 
 
 def _record_evaluation(staging: Path, result: ExportResult, pairs: list[tuple[np.ndarray, np.ndarray]],

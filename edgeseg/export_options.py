@@ -29,9 +29,10 @@ class ExportOptions:
     layout: str = "nchw"
     batch: int = 1
     calib_method: str | None = None  # None: "auto" with eval data, else "entropy"
-    #: A run of the same recipe trained with `--holdout-groups`: exported alike and scored on its held-out
-    #: groups, as this bundle's estimate of accuracy on new footage (see `heldout_estimate`).
-    heldout_run: Path | None = None
+    #: Runs of the same recipe trained with `--holdout-groups` (one, or one per fold of a leave-one-group-out
+    #: estimate): each exported alike and scored on its held-out groups, pooled into this bundle's estimate
+    #: of accuracy on new footage (see `heldout_estimate`).
+    heldout_runs: Sequence[Path] = ()
 
 
 def check_export(out: Path, opts: ExportOptions, target: str) -> None:

@@ -156,7 +156,8 @@ def _split_names(cfg: RunConfig) -> list[str]:
 def check_groups(cfg: RunConfig) -> dict[str, dict[str, int]]:
     """Frames per recording group of each split the run reads (indexing only, nothing loaded).
 
-    Held-out groups must exist in those splits; a one-line error lists the groups there are.
+    Held-out groups must exist in those splits (a one-line error lists the groups there are) and must leave
+    the validation split some frames to select on.
     """
     per_split = {split: counts(_open(cfg, split).groups) for split in _split_names(cfg)}
     known = sorted({g for c in per_split.values() for g in c})
@@ -164,6 +165,11 @@ def check_groups(cfg: RunConfig) -> dict[str, dict[str, int]]:
     if missing:
         raise EdgesegError(f"{cfg.data}: held-out group(s) {', '.join(missing)} not found; its groups are: "
                            f"{', '.join(known) or 'none (no group pattern matches)'}")
+    val = per_split.get(str(cfg.val_split), {})
+    if cfg.selects_on_val and val and set(val) <= set(cfg.holdout_groups):
+        raise EdgesegError(f"{cfg.data}: every {cfg.val_split} frame is in the held-out group(s) "
+                           f"{', '.join(sorted(val))}, so nothing is left to pick the epoch on; pass --val-split "
+                           "none (the last epoch is kept; --logit-alpha fixes the adjustment)")
     return per_split
 
 

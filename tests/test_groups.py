@@ -115,14 +115,18 @@ def test_heldout_frames_never_reach_training_or_selection(grouped: Path) -> None
         check_groups(_cfg(grouped, holdout_groups=["recZ"]))
 
 
+def _train_holding_out(grouped: Path, run: Path, group: str) -> subprocess.CompletedProcess:
+    out = _edgeseg("train", "--data", str(grouped), "--out", str(run), "--model", "fcn-tiny", "--epochs", "2",
+                   "--input-size", "64x96", "--holdout-groups", group, "--lr", "5e-3")
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 @pytest.fixture(scope="module")
 def heldout_run(grouped: Path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """fcn-tiny trained through the CLI with recording recC held out (val: recA)."""
     run = tmp_path_factory.mktemp("runs") / "heldout"
-    out = _edgeseg("train", "--data", str(grouped), "--out", str(run), "--model", "fcn-tiny", "--epochs", "2",
-                   "--input-size", "64x96", "--holdout-groups", "recC", "--lr", "5e-3")
-    assert out.returncode == 0, out.stderr
-    return run, out
+    return run, _train_holding_out(grouped, run, "recC")
 
 
 def test_train_warns_holds_out_and_scores_the_heldout_groups(heldout_run) -> None:
@@ -173,8 +177,62 @@ def test_manifest_info_and_report_carry_the_heldout_estimate(heldout_run, tiny_r
     out = _edgeseg("export", str(tiny_run), "--out", str(other), "--heldout-run", str(run), "--num-calib", "8")
     assert out.returncode == 0, out.stderr
     estimate = json.loads((other / "edgeseg.json").read_text())["evaluation"]["heldout"]
-    assert "same recipe" in estimate["method"] and estimate["run"] == run.name
+    assert "same recipe" in estimate["method"] and [f["run"] for f in estimate["folds"]] == [run.name]
     assert estimate["int8"]["miou"] == pytest.approx(heldout["int8"]["miou"], abs=0.02)
+
+    # leave-one-group-out: a second fold holding out recB; both folds' frames pooled into one estimate
+    fold_b = tmp_path / "heldout_b"
+    _train_holding_out(grouped, fold_b, "recB")
+    pooled_bundle = tmp_path / "pooled"
+    out = _edgeseg("export", str(tiny_run), "--out", str(pooled_bundle), "--heldout-run", str(run),
+                   "--heldout-run", str(fold_b), "--num-calib", "8")
+    assert out.returncode == 0, out.stderr
+    assert "(recordings never trained on: recC, recB)" in out.stdout
+    assert "2 leave-one-group-out runs pooled" in out.stdout
+    pooled = json.loads((pooled_bundle / "edgeseg.json").read_text())["evaluation"]["heldout"]
+    assert pooled["method"].startswith("leave-one-group-out: 2 runs")
+    assert [(f["run"], f["groups"], f["num_images"]) for f in pooled["folds"]] == [
+        (run.name, ["recC"], 24), (fold_b.name, ["recB"], 16)]
+    assert pooled["groups"] == ["recC", "recB"] and pooled["num_images"] == pooled["int8"]["num_images"] == 40
+    assert pooled["folds"][0]["int8"] == pytest.approx(estimate["int8"]["miou"], abs=1e-9)  # the same export
+    assert pooled["miou"] == pooled["int8"]["miou"] and set(pooled["float"]["per_class_iou"]) == set(info["classes"])
+
+
+def test_tallies_pool_into_the_matrix_of_all_their_frames() -> None:
+    from edgeseg.evaluate import Tally
+
+    rng = np.random.default_rng(0)
+    frames = [(rng.integers(0, 3, (4, 5)), rng.integers(0, 3, (4, 5))) for _ in range(6)]
+    first, second, whole = Tally("abc"), Tally("abc"), Tally("abc")
+    for i, (labels, target) in enumerate(frames):
+        (first if i < 2 else second).add(labels, target)
+        whole.add(labels, target)
+    pooled = first + second
+    assert np.array_equal(pooled.matrix, whole.matrix) and pooled.frames == 6
+    assert pooled.scores() == whole.scores() and first.frames == 2  # the parts are left as they were
+    with pytest.raises(ValueError, match="cannot pool"):
+        first + Tally("abd")
+
+
+def test_heldout_runs_that_score_one_recording_twice_are_one_line(heldout_run, tiny_run: Path,
+                                                                 tmp_path: Path) -> None:
+    run, _ = heldout_run
+    out = _edgeseg("export", str(tiny_run), "--out", str(tmp_path / "b"), "--heldout-run", str(run),
+                   "--heldout-run", str(run))
+    assert out.returncode != 0 and "holds out recC, as" in out.stderr and "scored by one run only" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_validation_split_wholly_held_out_is_refused_before_training(separate: Path, tmp_path: Path) -> None:
+    out = _edgeseg("train", "--data", str(separate), "--out", str(tmp_path / "r"), "--holdout-groups", "recD",
+                   "--epochs", "1")
+    assert out.returncode != 0 and "every val frame is in the held-out group(s) recD" in out.stderr
+    assert "--val-split none" in out.stderr and "Traceback" not in out.stderr and not (tmp_path / "r").exists()
+    from edgeseg.train import check_groups
+
+    trained_on_all = _cfg(separate, holdout_groups=["recD"], train_splits=["train", "val"], val_split=None)
+    assert check_groups(trained_on_all) == {"train": {"recA": 12, "recB": 12}, "val": {"recD": 8}}
 
 
 def test_export_heldout_run_without_heldout_groups_is_one_line(tiny_run: Path, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -51,10 +51,11 @@ def export(
     batch: int = typer.Option(1, "--batch", min=1, help="jetson: static batch size."),
     calib_method: Optional[CalibMethod] = typer.Option(
         None, "--calib-method", help="jetson: Q/DQ calibration (default: auto with --eval-data, else entropy)."),
-    heldout_run: Optional[Path] = typer.Option(
-        None, "--heldout-run", exists=True, file_okay=False,
+    heldout_runs: List[Path] = typer.Option(
+        [], "--heldout-run", exists=True, file_okay=False,
         help="A run of the same recipe trained with --holdout-groups: exported alike and scored on those "
-             "recordings, as the bundle's held-out estimate."),
+             "recordings, as the bundle's held-out estimate. Repeat it for leave-one-group-out folds "
+             "(pooled into one estimate)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
 ) -> None:
     """Convert a trained run into a deploy bundle (model files + edgeseg.json), checked and evaluated."""
@@ -69,11 +70,10 @@ def export(
                          float_layers=[s for s in float_layers.split(",") if s],
                          float_ops=[s for s in float_ops.split(",") if s], force=force, threads=threads,
                          opset=opset, layout=layout, batch=batch, calib_method=calib_method,
-                         heldout_run=heldout_run)
+                         heldout_runs=tuple(heldout_runs))
     check_export(out, opts, target)
-    for folder in (run, heldout_run):
-        if folder is not None:
-            RunConfig.load(folder)
+    for folder in (run, *heldout_runs):
+        RunConfig.load(folder)
     for data, split in ((calib_data, "train"), (eval_data, eval_split)):
         if data is not None:
             open_dataset(data, split)
