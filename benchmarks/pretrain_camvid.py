@@ -11,8 +11,8 @@ minus scratch per seed; the table gives each seed and the mean ± sd (sample sd)
 
 Usage: python benchmarks/pretrain_camvid.py [--camvid ../shared/datasets/camvid] [--work benchmarks/_work/pretrain]
        [--seeds 0,1,2] [--recipes inpaint,baseline] [--holdout-groups 0006R0] [--input-size 180x240] ...
-Prints a markdown table and writes `<work>/results.json`. Finished runs in `<work>` are reused, interrupted
-fine-tunings resumed and interrupted pretrainings started again, so the benchmark can be stopped and re-run
+Prints a markdown table and writes `<work>/results.json`. Finished runs in `<work>` are reused and
+interrupted fine-tunings and pretrainings resumed, so the benchmark can be stopped and re-run
 at any time; a work folder refuses settings other than those it was started with. Runs go recipe by
 recipe, seed by seed, so the first recipe's seeds finish first. Calls with different `--seeds` may run in
 parallel in one work folder; a last call with every seed (all reused) then writes the whole table.
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -110,12 +109,11 @@ class Bench:
     def pretrain(self, seed: int, recipe: str) -> Path:
         """The seed's pretrain run of `recipe` (run now unless it finished before)."""
         a, out = self.args, self.args.work / f"seed{seed}" / f"pretrain-{recipe}"
-        if not (out / "encoder.json").is_file():
-            shutil.rmtree(out, ignore_errors=True)  # an interrupted pretraining starts again
+        if not (out / "encoder.json").is_file():  # an interrupted pretraining resumes (an empty one starts)
             self._timed(str(out.relative_to(a.work)), [
                 *self.edgeseg, "pretrain", "--images", str(a.work / "unlabeled"), "--out", str(out),
                 "--model", a.model, "--epochs", str(a.pretrain_epochs), "--input-size", a.input_size,
-                "--batch-size", str(a.batch_size), "--seed", str(seed), *RECIPES[recipe]])
+                "--batch-size", str(a.batch_size), "--seed", str(seed), *RECIPES[recipe], "--resume"])
         return out
 
     def fine_tune(self, seed: int, name: str, init_from: Path | None) -> dict:

@@ -71,9 +71,13 @@ def init_encoder(model: keras.Model, run_dir: Path, model_name: str) -> None:
     except (OSError, ValueError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise EdgesegError(f"{run_dir / ENCODER_WEIGHTS}: cannot load encoder weights ({reason})") from None
-    for layer in encoder.layers:
-        if layer.weights:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
+    copy_encoder_weights(encoder, model, model_name)
+
+
+def copy_encoder_weights(source: keras.Model, target: keras.Model, model_name: str) -> None:
+    """Copy the weights of `model_name`'s encoder layers from `source` to `target` (both hold them, by name)."""
+    for name in encoder_layer_names(model_name):
+        target.get_layer(name).set_weights(source.get_layer(name).get_weights())
 
 
 @functools.cache

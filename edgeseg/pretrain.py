@@ -11,7 +11,7 @@ visible pixels through). With `whiten_colour` the targets are the frames' colour
 their pixels), so that colour errors weigh as much as brightness errors: with plain RGB targets the
 reconstructions come out nearly grey. Frames are flipped at random. Shuffling, flips and corruption are
 seeded per (seed, epoch, frame) and TensorFlow's ops are made deterministic, so the same run on the same
-machine gives the same weights bit for bit.
+machine gives the same weights bit for bit, also when it was interrupted and resumed from its last epoch.
 """
 from __future__ import annotations
 
@@ -27,9 +27,18 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from .encoder import ENCODER_INFO, save_encoder
+from .encoder import ENCODER_INFO, copy_encoder_weights, save_encoder
 from .model import BN_MOMENTUM, COMPACT_MODELS, MODEL_NAMES, build_encoder, crop_to_input
-from .rundir import save_atomic
+from .rundir import (
+    PRETRAIN_STATE_SCHEMA,
+    STATE,
+    check_resume,
+    checkpoint_path,
+    load_keras_model,
+    read_state,
+    save_atomic,
+    write_state,
+)
 from .runtime.errors import EdgesegError
 from .runtime.manifest import DEFAULT_MEAN, DEFAULT_STD
 from .train import append_history, cosine_adam
@@ -77,6 +86,11 @@ class PretrainConfig:
             if bad:
                 raise EdgesegError(message)
 
+    @classmethod
+    def from_saved(cls, data: dict) -> PretrainConfig:
+        """The config as a run's `state.json` holds it (JSON lists back to tuples)."""
+        return cls(**{**data, **{k: tuple(data[k]) for k in ("input_size", "mean", "std")}})
+
 
 @dataclass
 class PretrainResult:
@@ -86,6 +100,7 @@ class PretrainResult:
     #: Mean absolute reconstruction error of the preview frames (0..255 pixel units), before and after.
     initial_error: float
     final_error: float
+    #: Seconds spent training, summed over the calls that ran the run's epochs.
     seconds: float
 
 
@@ -97,8 +112,8 @@ def _mirror_widths(name: str) -> tuple[int, int, int, int]:
     return cfg.widths[2], cfg.widths[1], cfg.widths[0], cfg.stem
 
 
-def build_autoencoder(name: str, input_size: tuple[int, int]) -> tuple[keras.Model, keras.Model]:
-    """The autoencoder for `name`'s encoder at a static input size, and that encoder (shared layers)."""
+def build_autoencoder(name: str, input_size: tuple[int, int]) -> keras.Model:
+    """The autoencoder for `name`'s encoder at a static input size (the encoder's layers, then the decoder's)."""
     encoder = build_encoder(name, input_size)
     x = encoder.outputs[-1]
     for stride, width in zip((16, 8, 4, 2), _mirror_widths(name)):
@@ -107,7 +122,7 @@ def build_autoencoder(name: str, input_size: tuple[int, int]) -> tuple[keras.Mod
         x = layers.ReLU(name=f"ae_up{stride}_relu")(x)
     x = layers.Conv2DTranspose(3, 4, strides=2, padding="same", kernel_initializer="zeros", name="ae_out")(x)
     x = crop_to_input(x, encoder.input, input_size)
-    return keras.Model(encoder.input, x, name=f"{name.replace('-', '_')}_autoencoder"), encoder
+    return keras.Model(encoder.input, x, name=f"{name.replace('-', '_')}_autoencoder")
 
 
 def corrupt(x: tf.Tensor, seed: tf.Tensor, cfg: PretrainConfig) -> tuple[tf.Tensor, tf.Tensor]:
@@ -213,23 +228,42 @@ def check_out(run_dir: Path) -> None:
         raise EdgesegError(f"{run_dir}: already holds a pretrained encoder")
 
 
-def pretrain(cfg: PretrainConfig, run_dir: Path, frames: np.ndarray,
+def _keep_only_checkpoint(run_dir: Path, epoch: int) -> None:
+    """Delete every autoencoder checkpoint but `epoch`'s, so that the run folder does not grow with epochs."""
+    keep = checkpoint_path(run_dir, epoch)
+    for path in keep.parent.glob("epoch_*.keras"):
+        if path != keep:
+            path.unlink()
+
+
+def pretrain(cfg: PretrainConfig, run_dir: Path, frames: np.ndarray, resume: bool = False,
              on_epoch: Callable[[int, dict], None] | None = None) -> PretrainResult:
     """Train `cfg.model`'s autoencoder on `frames` (N x H x W x 3 uint8 at `cfg.input_size`) into `run_dir`.
 
-    Writes `history.csv` after each epoch, then `reconstructions.png`, `encoder.weights.h5` and `encoder.json`.
+    After each epoch writes `history.csv`, a checkpoint of the autoencoder with its optimizer (only the latest
+    is kept) and `state.json` (that epoch, the config); at the end `reconstructions.png`, `encoder.weights.h5`
+    and `encoder.json`. With `resume`, continues after the last finished epoch (refused if `cfg` differs from
+    the run's); with nothing finished yet, starts over.
     """
     cfg.check()
     run_dir = Path(run_dir)
     check_out(run_dir)
     if frames.shape[1:] != (*cfg.input_size, 3):
         raise EdgesegError(f"{cfg.images}: frames are {frames.shape[1:]}, expected {(*cfg.input_size, 3)}")
+    state = read_state(run_dir, PRETRAIN_STATE_SCHEMA) if resume else {}
+    if state:
+        check_resume(run_dir / STATE, state["config"], asdict(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not state:  # starting over: an earlier run's state must not be resumed with this run's checkpoints
+        (run_dir / STATE).unlink(missing_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     steps = math.ceil(len(frames) / cfg.batch_size)
-    model, encoder = build_autoencoder(cfg.model, cfg.input_size)
-    model.compile(optimizer=cosine_adam(cfg.learning_rate, cfg.epochs * steps), loss=LOSSES[cfg.loss])
+    if state:
+        model = load_keras_model(checkpoint_path(run_dir, state["epoch"]), compile=True)
+    else:
+        model = build_autoencoder(cfg.model, cfg.input_size)
+        model.compile(optimizer=cosine_adam(cfg.learning_rate, cfg.epochs * steps), loss=LOSSES[cfg.loss])
     clean, inputs = _preview_batch(frames, cfg)
     scale = np.asarray(cfg.std, np.float32)
     whitening = colour_whitening(frames, cfg)
@@ -241,20 +275,27 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, frames: np.ndarray,
     def preview_error() -> float:
         return float(np.mean(np.abs(reconstruct() - clean.numpy()) * scale))
 
-    initial = error = preview_error()
-    started = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    initial = state["initial_error"] if state else preview_error()
+    seconds = state.get("seconds", 0.0)
+    for epoch in range(state.get("epoch", -1) + 1, cfg.epochs):
+        started = time.perf_counter()
         batches = make_pretrain_dataset(frames, cfg, epoch, whitening)
         fit = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
-        error = preview_error()
-        row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6), "preview_error": round(error, 4)}
+        row = {"epoch": epoch, "loss": round(float(fit.history["loss"][-1]), 6),
+               "preview_error": round(preview_error(), 4)}
         append_history(run_dir, row)
+        save_atomic(checkpoint_path(run_dir, epoch), model.save)
+        seconds += time.perf_counter() - started
+        write_state(run_dir, {"epoch": epoch, "initial_error": initial, "seconds": seconds, "config": asdict(cfg)})
+        _keep_only_checkpoint(run_dir, epoch)
         if on_epoch:
             on_epoch(epoch, row)
-    seconds = time.perf_counter() - started
+    final = preview_error()
     save_reconstruction_grid(run_dir / RECONSTRUCTIONS, {
         "original": _to_rgb(clean.numpy(), cfg), "input": _to_rgb(inputs.numpy(), cfg),
         "reconstruction": _to_rgb(reconstruct(), cfg)})
+    encoder = build_encoder(cfg.model, cfg.input_size)
+    copy_encoder_weights(model, encoder, cfg.model)
     save_encoder(encoder, run_dir, {**asdict(cfg), "frames": len(frames), "seconds": round(seconds, 1),
-                                    "reconstruction_error": {"initial": round(initial, 4), "final": round(error, 4)}})
-    return PretrainResult(run_dir, len(frames), cfg.epochs, initial, error, seconds)
+                                    "reconstruction_error": {"initial": round(initial, 4), "final": round(final, 4)}})
+    return PretrainResult(run_dir, len(frames), cfg.epochs, initial, final, seconds)

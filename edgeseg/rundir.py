@@ -1,4 +1,5 @@
-"""A training run folder: `config.json`, `model.keras` (best epoch), checkpoints, history, logs."""
+"""A training run folder: `config.json`, `model.keras` (best epoch), checkpoints, history, logs (and a pretrain
+run's `state.json`)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from .choices import AUGMENT_NAMES, MODEL_NAMES, WEIGHT_METHODS
+from .choices import AUGMENT_NAMES, MODEL_NAMES, PRETRAIN_LOSSES, WEIGHT_METHODS
 from .runtime import schema as s
 from .runtime.errors import EdgesegError
 from .runtime.manifest import DEFAULT_MEAN, DEFAULT_STD, MANIFEST_NAME
@@ -140,6 +141,21 @@ STATE_SCHEMA = s.record({
 }, required=("epoch", "best_epoch", "best_miou"), open_ended=True)
 
 
+#: `PretrainConfig` as a pretrain run's `state.json` holds it (the fields it shares with training checked alike).
+PRETRAIN_CONFIG_FIELDS: dict[str, s.Check] = {
+    **{k: CONFIG_FIELDS[k] for k in ("model", "input_size", "epochs", "batch_size", "learning_rate", "seed", "mean",
+                                     "std")},
+    "images": s.text(), "every": s.integer(1), "loss": s.text(*PRETRAIN_LOSSES), "mask_ratio": s.number(0, 1),
+    "noise": s.number(0), "masked_loss": s.boolean, "whiten_colour": s.boolean,
+}
+#: A pretrain run's `state.json`: the last finished epoch, the preview error before training, the seconds
+#: trained so far and the run's config.
+PRETRAIN_STATE_SCHEMA = s.record({
+    "epoch": s.integer(0), "initial_error": s.number(0), "seconds": s.number(0),
+    "config": s.record(PRETRAIN_CONFIG_FIELDS, required=PRETRAIN_CONFIG_FIELDS),
+}, required=("epoch", "initial_error", "seconds", "config"))
+
+
 def read_json(path: Path, what: str) -> Any:
     """A JSON file's content; a one-line EdgesegError naming the file if it cannot be read or parsed."""
     try:
@@ -148,13 +164,13 @@ def read_json(path: Path, what: str) -> Any:
         raise EdgesegError(f"{path}: unreadable {what} ({exc})") from None
 
 
-def check_resume(run_dir: Path, cfg: RunConfig, given: Mapping[str, Any]) -> None:
-    """Refuse, in one line, settings given with --resume that differ from those the run was started with."""
-    saved = asdict(cfg)
+def check_resume(source: Path, saved: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    """Refuse, in one line, settings given with --resume that differ from those the run was started with
+    (`saved`, as read from the file `source`)."""
     for key, value in given.items():
         if json.loads(json.dumps(value, default=str)) != json.loads(json.dumps(saved[key], default=str)):
-            raise EdgesegError(f"{Path(run_dir) / CONFIG}: --resume continues the run with its {key} "
-                               f"{s.show(saved[key])}, not {s.show(value)} (train into a new --out to change it)")
+            raise EdgesegError(f"{source}: --resume continues the run with its {key} {s.show(saved[key])}, not "
+                               f"{s.show(value)} (use a new --out to change it)")
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -216,13 +232,14 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def read_state(run_dir: Path) -> dict:
-    """The run's `state.json` (last epoch, best epoch and mIoU, logit adjustment); {} before the first epoch."""
+def read_state(run_dir: Path, schema: s.Check = STATE_SCHEMA) -> dict:
+    """The run's `state.json` (a training run's last epoch, best epoch and mIoU, logit adjustment; a pretrain
+    run's with `PRETRAIN_STATE_SCHEMA`); {} before the first epoch."""
     path = Path(run_dir) / STATE
     if not path.is_file():
         return {}
     state = read_json(path, "run state")
-    s.validate(state, STATE_SCHEMA, str(path), "run state")
+    s.validate(state, schema, str(path), "run state")
     return state
 
 

@@ -22,10 +22,12 @@ def synth_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def config_only_run(tmp_path_factory) -> dict[str, Path]:
     """`data`: 4 synthetic images of 32x48; `run`: a run folder holding only its `config.json` (nothing
-    trained; what a command checks before any work). Written with modules a runtime-only install has."""
+    trained; what a command checks before any work); `pretrain`: a pretrain run folder holding only its
+    `state.json` after epoch 1 of 2. Written with modules a runtime-only install has."""
     from edgeseg.data.readers import open_dataset
     from edgeseg.data.synth import generate_synthetic
-    from edgeseg.rundir import RunConfig
+    from edgeseg.rundir import RunConfig, write_state
+    from edgeseg.runtime.manifest import DEFAULT_MEAN, DEFAULT_STD
 
     root = tmp_path_factory.mktemp("config_only")
     data = generate_synthetic(root / "data", num=4, size=(32, 48), seed=0)
@@ -34,7 +36,12 @@ def config_only_run(tmp_path_factory) -> dict[str, Path]:
     run.mkdir()
     RunConfig(model="fcn-tiny", classes=spec.classes, palette=spec.palette, input_size=(32, 48), data=str(data),
               data_format=spec.format, epochs=1).save(run)
-    return {"data": data, "run": run}
+    pretrain = root / "pretrain"
+    write_state(pretrain, {"epoch": 0, "initial_error": 60.0, "seconds": 1.0, "config": {
+        "images": str(data / "train"), "model": "fcn-tiny", "input_size": [32, 48], "every": 1, "epochs": 2,
+        "batch_size": 8, "learning_rate": 0.002, "loss": "l2", "mask_ratio": 0.5, "noise": 0.0, "masked_loss": False,
+        "whiten_colour": False, "seed": 0, "mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)}})
+    return {"data": data, "run": run, "pretrain": pretrain}
 
 
 def _train(data: Path, run_dir: Path, **settings) -> Path:

@@ -91,6 +91,8 @@ CASES = [
     # pretrain, data
     (["pretrain", "--images", "{data}", "--out", "{tmp}/p", "--loss", "l3"], "'l3' is not one of 'l1', 'l2'"),
     (["pretrain", "--images", "{data}", "--out", "{tmp}/p", "--model", "fcn-huge"], "'fcn-huge' is not one of"),
+    (["pretrain", "--images", "{data}/train", "--out", "{pretrain}", "--resume", "--epochs", "3"],
+     "state.json: --resume continues the run with its epochs 2, not 3"),
     (["data", "synth", "--out", "{tmp}/s", "--size", "3"], "'--size': size '3' is not HxW"),
     (["data", "groups", "{data}", "--format", "coco"], "'coco' is not one of"),
 ]

@@ -1,12 +1,14 @@
 """Autoencoder pretraining: reconstruction improves, encoder transfer by layer name, freezing and resume,
 mismatched encoders refused, frames sampled from videos and folders, a seeded fraction of the labels,
-inpainting targets (masked-block loss, whitened colours), the same seed giving the same weights bit for bit."""
+inpainting targets (masked-block loss, whitened colours), the same seed giving the same weights bit for bit,
+also when pretraining was interrupted and resumed."""
 from __future__ import annotations
 
 import csv
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -31,7 +33,7 @@ from edgeseg.pretrain import (
     make_pretrain_dataset,
     pretrain,
 )
-from edgeseg.rundir import CHECKPOINTS, HISTORY, RunConfig
+from edgeseg.rundir import CHECKPOINTS, HISTORY, PRETRAIN_STATE_SCHEMA, RunConfig, read_state
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.train import labeled_subset, train
 
@@ -83,7 +85,7 @@ def test_autoencoder_is_the_fcn_encoder_and_a_transposed_conv_decoder() -> None:
         fcn = layer_shapes(build_model(name, SYNTH_CLASSES))
         encoder = layer_shapes(build_encoder(name))
         assert encoder and all(fcn[n] == shapes for n, shapes in encoder.items()), name
-    autoencoder, encoder = build_autoencoder("fcn-small", (50, 70))
+    autoencoder, encoder = build_autoencoder("fcn-small", (50, 70)), build_encoder("fcn-small", (50, 70))
     assert autoencoder.output_shape == (None, 50, 70, 3)
     assert not [layer for layer in autoencoder.layers if isinstance(layer, layers.Dense)]
     decoder = [layer for layer in autoencoder.layers if layer.name not in {x.name for x in encoder.layers}]
@@ -185,6 +187,10 @@ def test_cli_pretrains_on_sampled_video_frames_and_train_refuses_a_mismatched_en
     info = json.loads((run / ENCODER_INFO).read_text())
     assert (info["mask_ratio"], info["masked_loss"], info["whiten_colour"]) == (0.75, True, True)
     assert (run / ENCODER_WEIGHTS).is_file() and (run / RECONSTRUCTIONS).is_file() and len(_rows(run)) == 1
+    resumed = subprocess.run([EDGESEG, "pretrain", "--images", str(video), "--out", str(run), "--model", "fcn-small",
+                              "--resume"], check=False, env=ENV, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0 and resumed.stdout.strip() == \
+        f"{run}: already pretrained ({ENCODER_INFO} written), nothing to resume", resumed.stderr[-2000:]
     proc = subprocess.run([EDGESEG, "train", "--data", str(synth_data), "--out", str(tmp_path / "tiny"), "--model",
                            "fcn-tiny", "--init-from", str(run), "--epochs", "1", "--input-size", "32x32"],
                           check=False, env=ENV, capture_output=True, text=True, timeout=180)
@@ -269,3 +275,34 @@ def test_the_same_seed_pretrains_and_fine_tunes_to_the_same_weights_bit_for_bit(
                     tuned[1].get_weights() + tuned[1].optimizer.variables):
         np.testing.assert_array_equal(a, b)
     assert _rows(tmp_path / "a" / "fine-tuned") == _rows(tmp_path / "b" / "fine-tuned")
+
+
+def test_an_interrupted_pretraining_resumes_to_the_same_weights_bit_for_bit(synth_data: Path, tmp_path: Path) -> None:
+    """Stopped after epoch 0 and again after epoch 1 of 3, then resumed: the uninterrupted run's weights."""
+    frames = sample_frames(str(synth_data / "train"), 3, (32, 48))
+    cfg = PretrainConfig(images=str(synth_data / "train"), input_size=(32, 48), epochs=3, batch_size=4,
+                         mask_ratio=0.75, masked_loss=True, whiten_colour=True, seed=3)
+    full, part = tmp_path / "full", tmp_path / "part"
+    uninterrupted = pretrain(cfg, full, frames, resume=True)  # nothing to resume yet: it starts over
+    with pytest.raises(_Stop):
+        pretrain(cfg, part, frames, on_epoch=_stop)
+    with pytest.raises(_Stop):
+        pretrain(cfg, part, frames, resume=True, on_epoch=_stop)
+    assert read_state(part, PRETRAIN_STATE_SCHEMA)["epoch"] == 1 and not (part / ENCODER_INFO).exists()
+    assert [p.name for p in (part / CHECKPOINTS).iterdir()] == ["epoch_001.keras"]  # only the latest is kept
+    with pytest.raises(EdgesegError, match="continues the run with its epochs 3, not 4"):
+        pretrain(replace(cfg, epochs=4), part, frames, resume=True)
+    resumed = pretrain(cfg, part, frames, resume=True)
+    assert (resumed.initial_error, resumed.final_error) == (uninterrupted.initial_error, uninterrupted.final_error)
+    assert _rows(part) == _rows(full) and len(_rows(part)) == 3
+    assert [p.name for p in (part / CHECKPOINTS).iterdir()] == ["epoch_002.keras"]
+    weights = [_pretrained_weights(run) for run in (full, part)]
+    for layer, saved in weights[0].items():
+        for a, b in zip(saved, weights[1][layer]):
+            np.testing.assert_array_equal(a, b)
+    autoencoders = [_checkpoint(run, 2) for run in (full, part)]
+    for a, b in zip(autoencoders[0].get_weights() + autoencoders[0].optimizer.variables,
+                    autoencoders[1].get_weights() + autoencoders[1].optimizer.variables):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(EdgesegError, match="already holds a pretrained encoder"):
+        pretrain(cfg, part, frames)

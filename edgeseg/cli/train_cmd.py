@@ -87,7 +87,7 @@ def train(
     from ..console import keep_log, say
     from ..data.groups import parse_groups
     from ..data.readers import open_dataset
-    from ..rundir import RunConfig, check_resume, check_settings
+    from ..rundir import CONFIG, RunConfig, check_resume, check_settings
 
     settings = {"model": model, "input_size": parse_size(input_size), "seed": seed, "epochs": epochs,
                 "batch_size": batch_size, "learning_rate": learning_rate, "class_weighting": class_weighting,
@@ -102,7 +102,7 @@ def train(
     check_scope(ctx, TRAIN_SCOPE, asdict(saved) if saved else settings)
     if saved:
         given = {"data": str(Path(data).resolve()) if data else None, "data_format": data_format, **settings}
-        check_resume(out, saved, {k: v for k, v in given.items() if given_on_command_line(ctx, k)})
+        check_resume(out / CONFIG, asdict(saved), {k: v for k, v in given.items() if given_on_command_line(ctx, k)})
     require_training("train")
     from ..progress import stage
     from ..train import check_groups, val_overlap_warning
