@@ -199,13 +199,16 @@ def heldout_run_configs(sources: Sequence[Path], classes: list[str], model: str,
                         input_size: Sequence[int]) -> list[HeldoutSource]:
     """Each of `sources` with its config, checked (else a one-line error naming the run): it held groups out,
     it is `model` at `input_size` predicting `classes`, and no two runs hold out the same group (each frame
-    is scored once when their folds are pooled)."""
+    is scored once when their folds are pooled), and every run names groups with the same pattern."""
     checked: list[HeldoutSource] = []
     held_by: dict[str, Path] = {}
     for source in sources:
         source_cfg = RunConfig.load(source)
         if not source_cfg.holdout_groups:
             raise EdgesegError(f"{source}: trained without --holdout-groups, so it has no held-out recordings")
+        if checked and source_cfg.group_pattern != checked[0][1].group_pattern:
+            raise EdgesegError(f"{source}: groups frames by --group-pattern {source_cfg.group_pattern!r}, "
+                               f"{checked[0][0]} by {checked[0][1].group_pattern!r}; pooled folds must group alike")
         if source_cfg.classes != classes:
             raise EdgesegError(f"{source}: classes {source_cfg.classes} differ from the exported model's")
         if source_cfg.model != model or tuple(source_cfg.input_size) != tuple(input_size):
@@ -224,7 +227,7 @@ def heldout_estimate(staging: Path, manifest: Manifest, run_dir: Path, sources: 
                      opts: ExportOptions, target: str, log: Progress) -> dict:
     """Accuracy on recordings the model never saw: the artifacts of runs trained with `--holdout-groups`
     (this run, or `opts.heldout_runs` of the same recipe, each exported here alike) scored on their held-out
-    groups, all frames pooled into one confusion matrix per artifact (one run per fold of a
+    groups, all frames pooled into one confusion matrix per artifact (one run per fold of a group k-fold or
     leave-one-group-out estimate).
 
     Returns `{"miou": <the default artifact's>, "method", "groups", "num_images", "folds": [per run],
@@ -262,8 +265,8 @@ def _heldout_key(artifact: str) -> str:
 
 def _heldout_method(sources: Sequence[HeldoutSource], run_dir: Path) -> str:
     if len(sources) > 1:
-        return (f"leave-one-group-out: {len(sources)} runs of the same recipe, each trained without its "
-                "recording(s) and exported alike; one confusion matrix pooled over every held-out frame")
+        return (f"group folds: {len(sources)} runs of the same recipe, each trained without its fold's "
+                "groups and exported alike; one confusion matrix pooled over every held-out frame")
     if sources[0][0] == run_dir:
         return "holdout-groups: the model itself was trained without these recordings"
     return "holdout-groups: a run of the same recipe trained without these recordings, exported alike"

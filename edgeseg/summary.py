@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 def heldout_line(heldout: dict) -> str:
     """'held-out estimate (recordings never trained on: G): mIoU INT8 x, float y (n frames)', plus how many
-    leave-one-group-out folds were pooled when there were several."""
+    group folds were pooled when there were several."""
     parts = [f"{'INT8' if name == 'int8' else name} {heldout[name]['miou'] * 100:.2f}"
              for name in ("int8", "float") if isinstance(heldout.get(name), dict)]
     figures = ", ".join(parts) or f"{heldout['miou'] * 100:.2f}"
@@ -15,4 +15,4 @@ def heldout_line(heldout: dict) -> str:
 
 
 def _pooled(folds: Sequence[dict]) -> str:
-    return f", {len(folds)} leave-one-group-out runs pooled" if len(folds) > 1 else ""
+    return f", {len(folds)} group folds pooled" if len(folds) > 1 else ""

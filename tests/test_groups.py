@@ -188,9 +188,9 @@ def test_manifest_info_and_report_carry_the_heldout_estimate(heldout_run, tiny_r
                    "--heldout-run", str(fold_b), "--num-calib", "8")
     assert out.returncode == 0, out.stderr
     assert "(recordings never trained on: recC, recB)" in out.stdout
-    assert "2 leave-one-group-out runs pooled" in out.stdout
+    assert "2 group folds pooled" in out.stdout
     pooled = json.loads((pooled_bundle / "edgeseg.json").read_text())["evaluation"]["heldout"]
-    assert pooled["method"].startswith("leave-one-group-out: 2 runs")
+    assert pooled["method"].startswith("group folds: 2 runs")
     assert [(f["run"], f["groups"], f["num_images"]) for f in pooled["folds"]] == [
         (run.name, ["recC"], 24), (fold_b.name, ["recB"], 16)]
     assert pooled["groups"] == ["recC", "recB"] and pooled["num_images"] == pooled["int8"]["num_images"] == 40
@@ -222,6 +222,21 @@ def test_heldout_runs_that_score_one_recording_twice_are_one_line(heldout_run, t
     assert out.returncode != 0 and "holds out recC, as" in out.stderr and "scored by one run only" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_heldout_runs_that_group_frames_differently_are_one_line(heldout_run, tiny_run: Path,
+                                                                   tmp_path: Path) -> None:
+    run, _ = heldout_run
+    regrouped = tmp_path / "regrouped"
+    shutil.copytree(run, regrouped)
+    config = json.loads((regrouped / "config.json").read_text())
+    config.update(group_pattern=r"^(rec)", holdout_groups=["rec"])
+    (regrouped / "config.json").write_text(json.dumps(config))
+    out = _edgeseg("export", str(tiny_run), "--out", str(tmp_path / "b"), "--heldout-run", str(run),
+                   "--heldout-run", str(regrouped))
+    assert out.returncode != 0 and f"{regrouped}: groups frames by --group-pattern '^(rec)'" in out.stderr
+    assert "pooled folds must group alike" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in out.stderr and not (tmp_path / "b").exists()
 
 
 def test_a_validation_split_wholly_held_out_is_refused_before_training(separate: Path, tmp_path: Path) -> None:

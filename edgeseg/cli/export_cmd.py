@@ -54,8 +54,8 @@ def export(
     heldout_runs: List[Path] = typer.Option(
         [], "--heldout-run", exists=True, file_okay=False,
         help="A run of the same recipe trained with --holdout-groups: exported alike and scored on those "
-             "recordings, as the bundle's held-out estimate. Repeat it for leave-one-group-out folds "
-             "(pooled into one estimate)."),
+             "recordings, as the bundle's held-out estimate. Repeat it for group folds (leave-one-group-out, "
+             "or k folds of recording stretches), pooled into one estimate."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
 ) -> None:
     """Convert a trained run into a deploy bundle (model files + edgeseg.json), checked and evaluated."""
