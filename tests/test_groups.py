@@ -132,7 +132,7 @@ def heldout_run(grouped: Path, tmp_path_factory) -> tuple[Path, subprocess.Compl
 def test_train_warns_holds_out_and_scores_the_heldout_groups(heldout_run) -> None:
     run, out = heldout_run
     assert "warning: val frames come from recordings also in train (recA)" in out.stderr
-    assert "held-out estimate on unseen recordings recC" in out.stdout
+    assert "held-out estimate on groups never trained on: recC" in out.stdout
     state = json.loads((run / "state.json").read_text())
     record = json.loads((run / "heldout.json").read_text())
     assert state["heldout"]["groups"] == ["recC"] and state["heldout"]["num_images"] == 24
@@ -156,7 +156,7 @@ def test_manifest_info_and_report_carry_the_heldout_estimate(heldout_run, tiny_r
     out = _edgeseg("export", str(run), "--out", str(own), "--eval-data", str(grouped), "--num-calib", "8")
     assert out.returncode == 0, out.stderr
     assert "warning: val frames come from recordings also in train (recA)" in out.stdout
-    assert "held-out estimate (recordings never trained on: recC)" in out.stdout
+    assert "held-out estimate (groups never trained on: recC)" in out.stdout
     info = json.loads(_edgeseg("info", str(own), "--json").stdout)
     heldout = info["evaluation"]["heldout"]
     assert heldout["groups"] == ["recC"] and heldout["num_images"] == 24
@@ -170,7 +170,7 @@ def test_manifest_info_and_report_carry_the_heldout_estimate(heldout_run, tiny_r
     report = write_report(own, threads=1)
     assert report["heldout"] == heldout and report["overlap_warning"]
     text = (own / "report.md").read_text()
-    assert "held-out estimate (recordings never trained on: recC)" in text and "Warning: val frames" in text
+    assert "held-out estimate (groups never trained on: recC)" in text and "Warning: val frames" in text
 
     # another run's estimate: the held-out run of the same recipe, exported alike
     other = tmp_path / "other"
@@ -187,7 +187,7 @@ def test_manifest_info_and_report_carry_the_heldout_estimate(heldout_run, tiny_r
     out = _edgeseg("export", str(tiny_run), "--out", str(pooled_bundle), "--heldout-run", str(run),
                    "--heldout-run", str(fold_b), "--num-calib", "8")
     assert out.returncode == 0, out.stderr
-    assert "(recordings never trained on: recC, recB)" in out.stdout
+    assert "(groups never trained on: recC, recB)" in out.stdout
     assert "2 group folds pooled" in out.stdout
     pooled = json.loads((pooled_bundle / "edgeseg.json").read_text())["evaluation"]["heldout"]
     assert pooled["method"].startswith("group folds: 2 runs")

@@ -144,5 +144,5 @@ def train(
                   if adjustment.get("val_miou") is not None else "")
         say(f"logit adjustment (strength {adjustment['alpha']}, {how}){change}")
     if result.heldout:
-        say(f"held-out estimate on unseen recordings {', '.join(result.heldout['groups'])}: mIoU "
+        say(f"held-out estimate on groups never trained on: {', '.join(result.heldout['groups'])}: mIoU "
             f"{result.heldout['miou'] * 100:.2f} ({result.heldout['num_images']} frames)")
