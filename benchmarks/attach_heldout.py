@@ -1,8 +1,8 @@
 """Give an existing bundle its held-out estimate (`evaluation.heldout`) without re-exporting its model.
 
 For a bundle whose own run folder is gone (the shipped `camvid` bundle was exported from a run that is not
-kept): runs of the same recipe trained with `--holdout-groups` (one, or one per group fold,
-estimate) are exported alike (the bundle's target, precision, output and number of calibration images, each
+kept): runs of the same recipe trained with `--holdout-groups` (one, or one per group
+fold) are exported alike (the bundle's target, precision, output and number of calibration images, each
 calibrated on the frames that run trained on) and scored on their held-out recordings, pooled, as
 `edgeseg export --heldout-run RUN [--heldout-run RUN ...]` does. The bundle is then rewritten through a
 staging copy and one rename: the model files are the same bytes, the manifest gains `evaluation.heldout`.

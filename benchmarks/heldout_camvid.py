@@ -16,7 +16,7 @@ Each run resumes when interrupted; finished runs are skipped. `attach_heldout.py
 the scheme alike and pools their held-out frames into one confusion matrix: the bundle's `evaluation.heldout`.
 
 Usage: python benchmarks/heldout_camvid.py [--scheme stretches|recordings] [--camvid ../shared/datasets/camvid]
-       [--work benchmarks/_work/loro] [--bundle edgeseg/pretrained/camvid] [--jobs 1] [--no-attach]
+       [--work benchmarks/_work/SCHEME] [--bundle edgeseg/pretrained/camvid] [--jobs 1] [--no-attach]
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ SHIPPED_ALPHA = "0.75"
 BLIND = ["--train-splits", "train,val", "--val-split", "none", "--logit-alpha", SHIPPED_ALPHA]
 #: A group per 1000 source-video frames of a recording: `0016E5_07959` -> `0016E5_07`, `0006R0_f01230` -> `0006R0_f01`.
 STRETCH_PATTERN = r"^(.+?_f?\d+)\d{3}$"
+#: What every stretch fold adds to the recipe.
+STRETCH_FOLD = [*BLIND, "--group-pattern", STRETCH_PATTERN]
 #: Per scheme, per fold (run name): the groups it holds out and what it adds to the recipe.
 SCHEMES: dict[str, dict[str, tuple[list[str], list[str]]]] = {
     "recordings": {
@@ -43,10 +45,9 @@ SCHEMES: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "0016E5": (["0016E5"], BLIND),
     },
     "stretches": {
-        "late": (["0001TP_008", "0006R0_f02", "0006R0_f03", "0016E5_07", "0016E5_08"],
-                 [*BLIND, "--group-pattern", STRETCH_PATTERN]),
+        "late": (["0001TP_008", "0006R0_f02", "0006R0_f03", "0016E5_07", "0016E5_08"], STRETCH_FOLD),
         "early": (["0001TP_006", "0001TP_007", "0006R0_f00", "0006R0_f01", "0016E5_00", "0016E5_01", "0016E5_02",
-                   "0016E5_04", "0016E5_05", "0016E5_06"], [*BLIND, "--group-pattern", STRETCH_PATTERN]),
+                   "0016E5_04", "0016E5_05", "0016E5_06"], STRETCH_FOLD),
     },
 }
 
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="Folds trained at once (2 uses a 2-core machine best).")
     parser.add_argument("--no-attach", action="store_true", help="Train the folds only.")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     work = args.work or Path("benchmarks/_work") / ("loro" if args.scheme == "recordings" else args.scheme)
     work.mkdir(parents=True, exist_ok=True)
     folds = SCHEMES[args.scheme]

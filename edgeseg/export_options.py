@@ -29,8 +29,8 @@ class ExportOptions:
     layout: str = "nchw"
     batch: int = 1
     calib_method: str | None = None  # None: "auto" with eval data, else "entropy"
-    #: Runs of the same recipe trained with `--holdout-groups` (one, or one per group fold,
-    #: estimate): each exported alike and scored on its held-out groups, pooled into this bundle's estimate
+    #: Runs of the same recipe trained with `--holdout-groups` (one, or one per group
+    #: fold): each exported alike and scored on its held-out groups, pooled into this bundle's estimate
     #: of accuracy on new footage (see `heldout_estimate`).
     heldout_runs: Sequence[Path] = ()
 

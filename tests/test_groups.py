@@ -132,7 +132,7 @@ def heldout_run(grouped: Path, tmp_path_factory) -> tuple[Path, subprocess.Compl
 def test_train_warns_holds_out_and_scores_the_heldout_groups(heldout_run) -> None:
     run, out = heldout_run
     assert "warning: val frames come from recordings also in train (recA)" in out.stderr
-    assert "held-out estimate on groups never trained on: recC" in out.stdout
+    assert "held-out estimate (groups never trained on: recC): mIoU" in out.stdout
     state = json.loads((run / "state.json").read_text())
     record = json.loads((run / "heldout.json").read_text())
     assert state["heldout"]["groups"] == ["recC"] and state["heldout"]["num_images"] == 24

@@ -88,6 +88,7 @@ def train(
     from ..data.groups import parse_groups
     from ..data.readers import open_dataset
     from ..rundir import CONFIG, RunConfig, check_resume, check_settings
+    from ..summary import heldout_line
 
     settings = {"model": model, "input_size": parse_size(input_size), "seed": seed, "epochs": epochs,
                 "batch_size": batch_size, "learning_rate": learning_rate, "class_weighting": class_weighting,
@@ -144,5 +145,4 @@ def train(
                   if adjustment.get("val_miou") is not None else "")
         say(f"logit adjustment (strength {adjustment['alpha']}, {how}){change}")
     if result.heldout:
-        say(f"held-out estimate on groups never trained on: {', '.join(result.heldout['groups'])}: mIoU "
-            f"{result.heldout['miou'] * 100:.2f} ({result.heldout['num_images']} frames)")
+        say(heldout_line(result.heldout))
